@@ -1,0 +1,225 @@
+"""The engine-agnostic loop: set-up reductions, iterate k at a time, convergence, reweighting.
+
+The driver never touches pixels: it asks the engine for small reductions (σ, β, costs,
+low-rank factors) and for maps over blocks, and keeps the run's bookkeeping — the
+convergence test, the cost history, timings — which becomes the run record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+
+from galdecon.engines.base import Engine
+from galdecon.operators.convolution import Convolution
+from galdecon.problem import Problem, Settings, make_problem, sparse_weights
+from galdecon.solver import (
+    Block,
+    ConvergenceTest,
+    lowr_begin,
+    lowr_finish,
+    reweight,
+    sparse_iterate,
+)
+
+log = logging.getLogger("galdecon")
+
+
+@dataclass
+class History:
+    """What happened during a run (JSON-friendly)."""
+
+    cost_iterations: list = field(default_factory=list)
+    costs: list = field(default_factory=list)
+    iterations_per_round: list = field(default_factory=list)
+    converged_per_round: list = field(default_factory=list)
+    iteration_seconds: list = field(default_factory=list)
+    rollbacks: int = 0
+
+
+def block_beta(block: Block, settings: Settings, shape) -> float:
+    """β of one block's PSFs."""
+    return Convolution(block.psfs, shape, settings.boundary).beta()
+
+
+def init_block(block: Block, problem: Problem) -> tuple[Block, None]:
+    """Set the initial primal (ones unless given), dual (ones) and sparse weights."""
+    s = problem.settings
+    dtype = problem.dtype
+    m = block.size
+    shape = problem.shape
+    primal = (np.ones((m,) + shape, dtype=dtype) if block.primal is None
+              else np.array(block.primal, dtype=dtype))
+    images = np.asarray(block.images, dtype=dtype)
+    changes = {"primal": primal, "images": images, "pending": None}
+    if s.mode == "sparse":
+        changes["dual"] = np.ones((m, s.n_bands) + shape, dtype=dtype)
+        weights = sparse_weights(block.psfs, shape, s, problem.noise_sigma)
+        weights = np.broadcast_to(weights, (m, s.n_bands)).copy()
+        changes["weights"] = weights
+        changes["weights0"] = weights.copy()
+    else:
+        changes["dual"] = np.ones((m,) + shape, dtype=dtype)
+    return block.evolve(**changes), None
+
+
+def _pending_dual(block: Block) -> np.ndarray:
+    return block.pending[1]
+
+
+def _primal(block: Block) -> np.ndarray:
+    return block.primal
+
+
+class Driver:
+    """Runs one deconvolution on an engine whose blocks are already scattered.
+
+    Parameters
+    ----------
+    engine : Engine
+    settings : Settings
+    n_images : int
+    shape : tuple of int
+    sync_every : int, optional
+        Iterations each block runs between synchronisations (sparse mode). Default
+        ``4 * cost_window``. Any value stops at the same iteration as 1: when the
+        convergence test fires inside a step, the step is replayed from its snapshot up to
+        that iteration.
+    progress : callable, optional
+        Called as ``progress(done, planned, cost)`` after every synchronisation.
+    """
+
+    def __init__(self, engine: Engine, settings: Settings, n_images: int, shape,
+                 sync_every: int | None = None,
+                 progress: Callable[[int, int, float], None] | None = None):
+        self.engine = engine
+        self.settings = settings
+        self.n_images = int(n_images)
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.sync_every = int(sync_every or 4 * settings.cost_window)
+        if self.sync_every < 1:
+            raise ValueError("sync_every must be >= 1")
+        self.progress = progress
+        self.history = History()
+        self.problem: Problem | None = None
+        self.test = ConvergenceTest(settings.tolerance, settings.cost_window)
+        self.setup_seconds = 0.0
+
+    # -- set-up -------------------------------------------------------------------------
+    def setup(self) -> Problem:
+        """Global reductions (σ, β), the problem, and every block's initial state."""
+        t0 = time.perf_counter()
+        s = self.settings
+        sigma = s.noise_est if s.noise_est is not None else self.engine.noise_sigma()
+        beta = self.engine.reduce(partial(block_beta, settings=s, shape=self.shape), max)
+        self.problem = make_problem(s, self.n_images, self.shape, sigma, beta)
+        self.engine.map(partial(init_block, problem=self.problem))
+        self.setup_seconds = time.perf_counter() - t0
+        log.info("set-up: sigma=%.6g beta=%.8g tau=%.4g sigma_step=%.4g lambda=%.6g (%.2fs)",
+                 sigma, beta, self.problem.tau, self.problem.sigma, self.problem.lowr_lambda,
+                 self.setup_seconds)
+        return self.problem
+
+    # -- iterations ---------------------------------------------------------------------
+    def _sparse_step(self, n_iter: int, mask) -> np.ndarray:
+        fn = partial(_sparse_task, problem=self.problem, n_iter=n_iter, mask=mask)
+        costs = self.engine.map(fn)
+        return np.sum(costs, axis=0)
+
+    def _lowr_step(self, want_cost: bool) -> float:
+        p, s = self.problem, self.settings
+        self.engine.map(partial(_lowr_begin_task, problem=p))
+        basis, scale = self.engine.low_rank_factors(_pending_dual, p.lowr_lambda,
+                                                    s.lowr_thresh_type)
+        shares = self.engine.map(partial(_lowr_finish_task, problem=p, basis=basis,
+                                         scale=scale, want_cost=want_cost))
+        if not want_cost:
+            return np.nan
+        return float(np.sum(shares)) + p.lowr_lambda * self.engine.nuclear_norm(_primal)
+
+    def _advance(self, n_iter: int) -> tuple[int, bool]:
+        """Run up to ``n_iter`` iterations; return (iterations done, converged)."""
+        mask = self.test.cost_mask(n_iter)
+        t0 = time.perf_counter()
+        if self.settings.mode == "sparse":
+            snapshot = self.engine.snapshot()
+            costs = self._sparse_step(n_iter, mask)
+        else:
+            snapshot = None
+            costs = np.array([self._lowr_step(bool(mask[0]))])
+        elapsed = time.perf_counter() - t0
+        trial = self.test.copy()
+        done, converged = n_iter, False
+        for j in range(n_iter):
+            if trial.update(costs[j]):
+                done, converged = j + 1, True
+                break
+        if done < n_iter:
+            # The test fired inside the step: replay the step from its snapshot up to the
+            # iteration where it fired, so the result is that of synchronising every time.
+            self.engine.restore(snapshot)
+            self.history.rollbacks += 1
+            t0 = time.perf_counter()
+            costs = self._sparse_step(done, mask[:done])
+            elapsed += time.perf_counter() - t0
+        if snapshot is not None:
+            self.engine.release(snapshot)
+        for j in range(done):
+            iteration = self.test.counter
+            self.test.update(costs[j])
+            if mask[j]:
+                self.history.cost_iterations.append(iteration)
+                self.history.costs.append(float(costs[j]))
+        self.history.iteration_seconds.extend([elapsed / done] * done)
+        return done, converged
+
+    def run(self) -> History:
+        """Run every round (the first solve and each reweighting) to convergence or n_iter."""
+        if self.problem is None:
+            self.setup()
+        s = self.settings
+        rounds = s.n_reweights + 1 if s.mode == "sparse" else 1
+        planned = rounds * s.n_iter
+        done_total = 0
+        for round_index in range(rounds):
+            if round_index > 0:
+                self.engine.map(partial(_reweight_task, problem=self.problem))
+                log.info("reweighting %d of %d", round_index, rounds - 1)
+            done_round, converged = 0, False
+            step = self.sync_every if s.mode == "sparse" else 1
+            while done_round < s.n_iter and not converged:
+                n_iter = min(step, s.n_iter - done_round)
+                done, converged = self._advance(n_iter)
+                done_round += done
+                done_total += done
+                last = self.history.costs[-1] if self.history.costs else float("nan")
+                if self.progress is not None:
+                    self.progress(done_total, planned, last)
+            self.history.iterations_per_round.append(done_round)
+            self.history.converged_per_round.append(bool(converged))
+            planned -= s.n_iter - done_round
+            log.info("round %d: %d iterations, converged=%s, cost=%.6g", round_index,
+                     done_round, converged, self.history.costs[-1] if self.history.costs
+                     else float("nan"))
+        return self.history
+
+
+def _sparse_task(block, problem, n_iter, mask):
+    return sparse_iterate(block, problem, n_iter, mask)
+
+
+def _lowr_begin_task(block, problem):
+    return lowr_begin(block, problem), None
+
+
+def _lowr_finish_task(block, problem, basis, scale, want_cost):
+    return lowr_finish(block, problem, basis, scale, want_cost)
+
+
+def _reweight_task(block, problem):
+    return reweight(block, problem), None

@@ -1,0 +1,95 @@
+"""The engine contract: what the driver may ask of any engine (ARCHITECTURE.md).
+
+1. scatter: place blocks built from stacks (contiguous slices of the galaxy axis);
+2. map / map-reduce: run a function on every block, combining small results;
+3. step: replace every block by ``f(block)`` keeping big arrays where they are, returning
+   only small per-block results;
+4. broadcast: small driver-side objects are passed as function arguments;
+5. gather: bring one array back in the original galaxy order.
+
+An engine also keeps a cheap snapshot of the previous state so the driver can roll back
+a multi-iteration step to the exact iteration where the convergence test fired.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+def block_bounds(n_images: int, n_blocks: int) -> list[tuple[int, int]]:
+    """Split ``range(n_images)`` into ``n_blocks`` contiguous, nearly equal slices.
+
+    More blocks than images gives one image per block (empty blocks are never made).
+    """
+    n_blocks = max(1, min(int(n_blocks), int(n_images)))
+    edges = np.linspace(0, n_images, n_blocks + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+class Engine(abc.ABC):
+    """Where the blocks of a run live (see module docstring for the contract)."""
+
+    name = "engine"
+
+    @abc.abstractmethod
+    def scatter(self, arrays: dict, n_images: int) -> None:
+        """Build the blocks from whole-stack arrays (``images``, ``psfs``, ``primal``).
+
+        ``psfs`` may be 2-D (one PSF shared by all); ``primal`` may be None.
+        """
+
+    @abc.abstractmethod
+    def map(self, fn: Callable) -> list:
+        """Replace every block by ``fn(block)[0]``; return the ``[1]`` parts in block order."""
+
+    @abc.abstractmethod
+    def reduce(self, fn: Callable, combine: Callable):
+        """Return ``combine`` folded over ``fn(block)`` for every block (blocks unchanged)."""
+
+    @abc.abstractmethod
+    def snapshot(self):
+        """Return a token for the current state (cheap: references, not copies)."""
+
+    @abc.abstractmethod
+    def restore(self, token) -> None:
+        """Go back to the state of a snapshot taken since the last :meth:`release`."""
+
+    def release(self, token) -> None:  # noqa: B027 - optional hook
+        """Tell the engine a snapshot is no longer needed."""
+
+    @abc.abstractmethod
+    def gather(self, attribute: str) -> np.ndarray:
+        """Return one block attribute for the whole stack, in galaxy order."""
+
+    @abc.abstractmethod
+    def noise_sigma(self) -> float:
+        """Return 1.4826 · MAD of all image pixels, exactly."""
+
+    @abc.abstractmethod
+    def low_rank_factors(self, getter: Callable, threshold: float, kind: str):
+        """Return ``(basis, scale)`` of the global SVT of the matrix of ``getter(block)``."""
+
+    @abc.abstractmethod
+    def nuclear_norm(self, getter: Callable) -> float:
+        """Return the nuclear norm of the matrix with one column ``getter(block)[i]`` per galaxy."""
+
+    def facts(self) -> dict:
+        """Engine facts for the run record."""
+        return {"engine": self.name}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def stack_bounds(blocks: Sequence) -> list[tuple[int, int]]:
+    """The (start, stop) of every block."""
+    return [(b.start, b.stop) for b in blocks]

@@ -1,0 +1,29 @@
+"""The one exception hierarchy of galdecon.
+
+Every error a user can cause is a :class:`GalDeconError`; its message names the file,
+the offending index and what was expected, so the command line can print it as one line.
+"""
+
+
+class GalDeconError(Exception):
+    """Base class of every error galdecon raises on purpose."""
+
+
+class InputError(GalDeconError, ValueError):
+    """An input file or array is missing, unreadable or not what was expected."""
+
+
+class ConfigError(GalDeconError, ValueError):
+    """An option value is out of range or inconsistent with the data."""
+
+
+class OutputError(GalDeconError, OSError):
+    """An output cannot be written safely (exists, overlaps an input, unwritable)."""
+
+
+class EngineError(GalDeconError, RuntimeError):
+    """An execution engine is unavailable or failed (e.g. Spark or Java missing)."""
+
+
+class GalDeconWarning(UserWarning):
+    """Something suspicious in the data that does not stop the run (e.g. PSF sums)."""

@@ -1,0 +1,265 @@
+"""What is solved: the options, validated once, and the global quantities built from data.
+
+:class:`Settings` holds every user choice with galdecon's defaults (ALGORITHM.md §0).
+:class:`Problem` adds what the data decides once per run — the noise level σ, the
+spectral radius β, the low-rank threshold λ and the Condat step sizes — and is small
+enough to broadcast to every worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.fft as sfft
+
+from galdecon.errors import ConfigError
+from galdecon.operators.convolution import BOUNDARIES, kernel_to_grid, rfft_weights
+from galdecon.operators.prox import THRESHOLD_TYPES
+from galdecon.operators.wavelet import WAVELETS, Wavelet, atrous_filters
+
+MODES = ("sparse", "lowr")
+DTYPES = ("float64", "float32")
+MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every option of a deconvolution, with galdecon's defaults.
+
+    Parameters mirror the command line (``galdecon deconvolve --help``); see
+    ALGORITHM.md §0 for where they differ from sf_deconvolve.
+    """
+
+    mode: str = "sparse"
+    wavelet: str = "starlet"
+    n_scales: int = 4
+    wave_thresh_factor: tuple = (3.0, 3.0, 4.0)
+    boundary: str = "periodic"
+    n_iter: int = 300
+    tolerance: float = 1e-4
+    cost_window: int = 1
+    n_reweights: int = 1
+    relax: float = 0.8
+    condat_tau: float | str = 0.5
+    condat_sigma: float | str = 0.5
+    positivity: bool = True
+    lowr_thresh_factor: float = 1.0
+    lowr_thresh_type: str = "hard"
+    lowr_type: str = "standard"
+    noise_est: float | None = None
+    dtype: str = "float64"
+
+    def __post_init__(self):
+        def fail(name, value, expected):
+            raise ConfigError(f"option {name}={value!r}: expected {expected}")
+
+        if self.mode not in MODES:
+            fail("mode", self.mode, f"one of {', '.join(MODES)}")
+        if self.wavelet not in WAVELETS:
+            fail("wavelet", self.wavelet, f"one of {', '.join(sorted(WAVELETS))}")
+        if self.boundary not in BOUNDARIES:
+            fail("boundary", self.boundary, f"one of {', '.join(BOUNDARIES)}")
+        if self.dtype not in DTYPES:
+            fail("dtype", self.dtype, f"one of {', '.join(DTYPES)}")
+        if self.lowr_thresh_type not in THRESHOLD_TYPES:
+            fail("lowr_thresh_type", self.lowr_thresh_type, "hard or soft")
+        if self.lowr_type != "standard":
+            fail("lowr_type", self.lowr_type,
+                 "'standard' (the 'ngole' variant of sf_deconvolve is not supported)")
+        if not isinstance(self.n_scales, (int, np.integer)) or self.n_scales < 2:
+            fail("n_scales", self.n_scales, "an integer >= 2")
+        factors = tuple(float(f) for f in np.atleast_1d(self.wave_thresh_factor))
+        if len(factors) != self.n_scales - 1:
+            fail("wave_thresh_factor", list(factors),
+                 f"{self.n_scales - 1} values, one per detail scale (n_scales - 1)")
+        if any(not np.isfinite(f) or f < 0 for f in factors):
+            fail("wave_thresh_factor", list(factors), "finite non-negative values")
+        object.__setattr__(self, "wave_thresh_factor", factors)
+        for name in ("n_iter", "cost_window"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                fail(name, value, "an integer >= 1")
+        if not isinstance(self.n_reweights, (int, np.integer)) or self.n_reweights < 0:
+            fail("n_reweights", self.n_reweights, "an integer >= 0")
+        if not (np.isfinite(self.tolerance) and self.tolerance >= 0):
+            fail("tolerance", self.tolerance, "a finite number >= 0")
+        if not (0 < self.relax < 2):
+            fail("relax", self.relax, "a number in (0, 2)")
+        for name in ("condat_tau", "condat_sigma"):
+            value = getattr(self, name)
+            if value != "auto" and not (isinstance(value, (int, float)) and value > 0
+                                        and np.isfinite(value)):
+                fail(name, value, "a positive number or 'auto'")
+        if not (self.lowr_thresh_factor >= 0 and np.isfinite(self.lowr_thresh_factor)):
+            fail("lowr_thresh_factor", self.lowr_thresh_factor, "a finite number >= 0")
+        if self.noise_est is not None and not (self.noise_est > 0 and np.isfinite(self.noise_est)):
+            fail("noise_est", self.noise_est, "a positive number")
+
+    def replace(self, **changes) -> Settings:
+        """Return a copy with some options changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def n_bands(self) -> int:
+        """Number of wavelet detail scales J."""
+        return self.n_scales - 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Settings plus the global quantities computed once from the data.
+
+    Attributes
+    ----------
+    settings : Settings
+    n_images : int
+        Number of galaxies n.
+    shape : tuple of int
+        Stamp shape.
+    noise_sigma : float
+        σ, from ``--noise-est`` or 1.4826 × MAD of all pixels.
+    beta : float
+        ρ(HᵀH), the Lipschitz constant of the data-fidelity gradient.
+    lipschitz_l : float
+        ‖L‖² (ΦᵀΦ spectral radius for sparse, 1 for low rank).
+    tau, sigma : float
+        Condat primal and dual step sizes.
+    lowr_lambda : float
+        Low-rank threshold λ (0 in sparse mode).
+    """
+
+    settings: Settings
+    n_images: int
+    shape: tuple
+    noise_sigma: float
+    beta: float
+    lipschitz_l: float
+    tau: float
+    sigma: float
+    lowr_lambda: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Working dtype."""
+        return np.dtype(self.settings.dtype)
+
+    def wavelet(self) -> Wavelet:
+        """The wavelet operator of this problem (built on demand, cheap)."""
+        s = self.settings
+        return Wavelet(self.shape, s.n_scales, s.wavelet, s.boundary, self.dtype)
+
+    def summary(self) -> dict:
+        """The derived quantities, for the run record."""
+        return {
+            "noise_sigma": self.noise_sigma,
+            "beta": self.beta,
+            "lipschitz_l": self.lipschitz_l,
+            "tau": self.tau,
+            "sigma": self.sigma,
+            "lowr_lambda": self.lowr_lambda,
+        }
+
+
+def mad_sigma(values: np.ndarray) -> float:
+    """Return 1.4826 · median(|Y − median(Y)|) over all values."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    centre = np.median(values)
+    return float(MAD_TO_SIGMA * np.median(np.abs(values - centre)))
+
+
+def wavelet_norm_sq(shape, settings: Settings) -> float:
+    """Return ‖Φ‖² = ρ(ΦᵀΦ) exactly (Fourier for periodic, power method for zero)."""
+    if settings.boundary == "periodic":
+        filters = atrous_filters(shape, settings.n_scales, settings.wavelet)
+        spectra = np.abs(sfft.fft2(kernel_to_grid(filters, shape))) ** 2
+        return float(spectra.sum(axis=0).max())
+    wavelet = Wavelet(shape, settings.n_scales, settings.wavelet, "zero")
+    vec = np.random.default_rng(20170828).random((1,) + tuple(shape)) + 0.5
+    estimate = 0.0
+    for _ in range(1000):
+        vec /= np.linalg.norm(vec)
+        image = wavelet.adj(wavelet.op(vec))
+        new = float(np.sum(image * vec))
+        if abs(new - estimate) <= 1e-13 * abs(new):
+            return new
+        estimate, vec = new, image
+    return estimate
+
+
+def step_sizes(settings: Settings, beta: float, lipschitz_l: float) -> tuple[float, float]:
+    """Return (tau, sigma): fixed values, or 'auto' from the exact norms.
+
+    'auto' satisfies Condat's condition 1/τ − σ‖L‖² ≥ β/2 with equality: σ = 0.5 unless
+    given, τ = 1/(β/2 + σ‖L‖²).
+    """
+    sigma = 0.5 if settings.condat_sigma == "auto" else float(settings.condat_sigma)
+    if settings.condat_tau == "auto":
+        tau = 1.0 / (beta / 2.0 + sigma * lipschitz_l)
+    else:
+        tau = float(settings.condat_tau)
+    return tau, sigma
+
+
+def lowr_threshold(settings: Settings, noise_sigma: float, beta: float, n_images: int,
+                   shape) -> float:
+    """Return λ = f · σ · sqrt(max(n + 1, p)) · β (ALGORITHM.md §6)."""
+    p = int(shape[0]) * int(shape[1])
+    return float(settings.lowr_thresh_factor * noise_sigma * np.sqrt(max(n_images + 1, p)) * beta)
+
+
+def make_problem(settings: Settings, n_images: int, shape, noise_sigma: float,
+                 beta: float) -> Problem:
+    """Assemble a :class:`Problem` from the global reductions σ and β."""
+    shape = (int(shape[0]), int(shape[1]))
+    if settings.mode == "sparse":
+        lipschitz_l = wavelet_norm_sq(shape, settings)
+        lam = 0.0
+    else:
+        lipschitz_l = 1.0
+        lam = lowr_threshold(settings, noise_sigma, beta, n_images, shape)
+    tau, sigma = step_sizes(settings, beta, lipschitz_l)
+    return Problem(settings=settings, n_images=int(n_images), shape=shape,
+                   noise_sigma=float(noise_sigma), beta=float(beta),
+                   lipschitz_l=float(lipschitz_l), tau=tau, sigma=sigma, lowr_lambda=lam)
+
+
+def sparse_weights(psfs: np.ndarray, shape, settings: Settings, noise_sigma: float) -> np.ndarray:
+    r"""Return the initial sparse weights :math:`W_{i,j} = σ k_j ‖φ_j ⊛ \mathrm{rot}(h_i)‖_2`.
+
+    Parameters
+    ----------
+    psfs : ndarray, shape (m, k0, k1) or (k0, k1)
+        The block's PSFs (one shared PSF gives one row).
+    shape : tuple of int
+        Stamp shape.
+    settings : Settings
+    noise_sigma : float
+
+    Returns
+    -------
+    ndarray, shape (m, J), float64
+
+    Notes
+    -----
+    The norm is that of the noise of scale j after back-projection by Hᵀ: computed by
+    Parseval on the stamp grid for the periodic boundary (the reference's wrapped
+    convolution), and on a grid large enough for the full linear convolution for ``zero``.
+    """
+    psfs = np.asarray(psfs, dtype=np.float64)
+    if psfs.ndim == 2:
+        psfs = psfs[None]
+    filters = atrous_filters(shape, settings.n_scales, settings.wavelet)
+    if settings.boundary == "periodic":
+        grid = tuple(shape)
+    else:
+        grid = (sfft.next_fast_len(shape[0] + psfs.shape[1] - 1, real=True),
+                sfft.next_fast_len(shape[1] + psfs.shape[2] - 1, real=True))
+    psf_spec = sfft.rfft2(kernel_to_grid(psfs, grid))
+    filt_spec = sfft.rfft2(kernel_to_grid(filters, grid))
+    power = np.abs(psf_spec[:, None]) ** 2 * np.abs(filt_spec[None]) ** 2
+    norms_sq = np.tensordot(power, rfft_weights(grid[1]), axes=([3], [0])).sum(axis=2)
+    norms = np.sqrt(norms_sq / (grid[0] * grid[1]))
+    return noise_sigma * np.asarray(settings.wave_thresh_factor)[None, :] * norms
