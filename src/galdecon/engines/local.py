@@ -15,11 +15,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from galdecon.engines.base import Engine, block_bounds
-from galdecon.operators.prox import (
-    singular_values_from_gram,
-    svt_projector,
-    threshold_singular_values,
-)
+from galdecon.operators.prox import singular_values_from_gram, svt_projector
 from galdecon.problem import mad_sigma
 from galdecon.solver import Block
 
@@ -104,24 +100,23 @@ class LocalEngine(Engine):
         return np.concatenate([getter(b).reshape(b.size, -1) for b in self.blocks], axis=0)
 
     def low_rank_factors(self, getter, threshold: float, kind: str):
-        # Rows of `rows` are galaxies: rows = Mᵀ. A thin SVD of the n×p matrix when n < p,
-        # else the p×p Gram (the distributed formula); both are exact.
+        # Rows of `rows` are galaxies: rows = Mᵀ (n × p). Eigen-decompose the smaller Gram:
+        # MᵀM (n × n) when n < p, else M Mᵀ (p × p, the distributed formula). Both exact.
         rows = self._matrix(getter).astype(np.float64, copy=False)
         n, p = rows.shape
         if n < p:
-            _, values, vt = np.linalg.svd(rows, full_matrices=False)
-            shrunk = threshold_singular_values(values, threshold, kind)
-            keep = (values > 1e-12 * values.max(initial=0.0)) & (shrunk > 0)
-            return vt[keep].T, shrunk[keep] / values[keep]
+            vectors, scale, _ = svt_projector(rows @ rows.T, threshold, kind)
+            basis = rows.T @ vectors  # U S: columns M v_k = s_k u_k
+            values = np.sqrt(np.sum(basis**2, axis=0))
+            return basis / values, scale
         basis, scale, _ = svt_projector(rows.T @ rows, threshold, kind)
         return basis, scale
 
     def nuclear_norm(self, getter) -> float:
         rows = self._matrix(getter).astype(np.float64, copy=False)
         n, p = rows.shape
-        if n < p:
-            return float(np.linalg.svd(rows, compute_uv=False).sum())
-        return float(singular_values_from_gram(rows.T @ rows).sum())
+        gram = rows @ rows.T if n < p else rows.T @ rows
+        return float(singular_values_from_gram(gram).sum())
 
     def facts(self) -> dict:
         return {"engine": self.name, "threads": self.threads, "blocks": len(self.blocks)}
