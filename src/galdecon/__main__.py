@@ -1,0 +1,5 @@
+import sys
+
+from galdecon.cli import main
+
+sys.exit(main())

@@ -1,0 +1,358 @@
+"""The ``galdecon`` command line.
+
+``galdecon deconvolve -i IMAGES -p PSFS [-o STEM] [options]`` accepts sf_deconvolve's option
+set (both ``--n-iter`` and ``--n_iter`` spellings) and ``@file`` option files. Errors a user
+can cause print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from galdecon import __version__, io
+from galdecon.errors import ConfigError, GalDeconError, GalDeconWarning
+from galdecon.problem import DTYPES, MODES, Settings
+from galdecon.operators.convolution import BOUNDARIES
+from galdecon.operators.wavelet import WAVELETS
+
+log = logging.getLogger("galdecon")
+DEFAULTS = Settings()
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show each option's default, unless it has none or its help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class OptionFileParser(argparse.ArgumentParser):
+    """An ArgumentParser whose ``@file`` lines are split like a shell (data only).
+
+    Each line may hold an option and its values; ``#`` starts a comment. Nothing in the
+    file is evaluated or expanded (no variables, globs or commands).
+    """
+
+    def convert_arg_line_to_args(self, arg_line: str):
+        try:
+            return shlex.split(arg_line, comments=True, posix=True)
+        except ValueError as exc:
+            raise ConfigError(f"option file line {arg_line!r}: {exc}") from None
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def _aliases(*names: str) -> list[str]:
+    """Option strings plus the reference's underscore spelling of each long option."""
+    out = list(names)
+    for name in names:
+        if name.startswith("--") and "-" in name[2:]:
+            alias = "--" + name[2:].replace("-", "_")
+            if alias not in out:
+                out.append(alias)
+    return out
+
+
+def _float_or_auto(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def add_deconvolve_parser(sub) -> argparse.ArgumentParser:
+    """Define ``galdecon deconvolve`` and its options."""
+    p = sub.add_parser(
+        "deconvolve", help="deconvolve a stack of galaxy stamps",
+        description="Deconvolve a stack of galaxy stamps from their PSFs (Condat-Vu "
+                    "primal-dual; sparse wavelet or low-rank regularisation). "
+                    "Options may be read from files: galdecon deconvolve @options.txt",
+        formatter_class=HelpFormatter,
+        fromfile_prefix_chars="@")
+    p.__class__ = OptionFileParser
+    io_group = p.add_argument_group("input and output")
+    io_group.add_argument(*_aliases("-i", "--input"), required=True, metavar="IMAGES",
+                          help="observed stamps: .npy or FITS (file.fits[HDU] picks an HDU); "
+                               "shape (n, N0, N1) or (N0, N1)")
+    io_group.add_argument(*_aliases("-p", "--psf"), required=True, metavar="PSFS",
+                          help="PSFs: one per stamp (n, k0, k1) or one for all (k0, k1)")
+    io_group.add_argument(*_aliases("-o", "--output"), metavar="STEM", default=None,
+                          help="output stem: writes STEM_primal, STEM_dual, STEM_run.json and "
+                               "STEM_cost.png (default: the input file's stem in the current "
+                               "directory)")
+    io_group.add_argument(*_aliases("--output-format"), choices=io.OUTPUT_FORMATS,
+                          default="npy", help="format of the primal and dual files")
+    io_group.add_argument(*_aliases("-k", "--current-res"), metavar="PRIMAL", default=None,
+                          help="initial primal (e.g. a previous result); default: ones")
+    io_group.add_argument("--overwrite", action="store_true",
+                          help="replace existing output files")
+    io_group.add_argument(*_aliases("--no-plots"), action="store_true",
+                          help="do not write the cost-curve PNG")
+
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument(*_aliases("-m", "--mode"), choices=MODES, default=DEFAULTS.mode,
+                     help="regularisation: sparse wavelet or low rank")
+    opt.add_argument(*_aliases("--n-iter"), type=_positive_int, default=DEFAULTS.n_iter,
+                     help="maximum iterations per run and per reweighting")
+    opt.add_argument(*_aliases("--cost-window"), type=_positive_int,
+                     default=DEFAULTS.cost_window,
+                     help="compute the cost every this many iterations")
+    opt.add_argument(*_aliases("--convergence"), type=float, default=DEFAULTS.tolerance,
+                     metavar="TOL", help="relative cost tolerance of the convergence test")
+    opt.add_argument(*_aliases("--no-pos"), action="store_true",
+                     help="no positivity constraint")
+    opt.add_argument(*_aliases("--noise-est"), type=float, default=None, metavar="SIGMA",
+                     help="noise standard deviation (default: 1.4826 x MAD of all pixels)")
+    opt.add_argument(*_aliases("--relax"), type=float, default=DEFAULTS.relax,
+                     help="Condat relaxation parameter rho")
+    opt.add_argument(*_aliases("--condat-sigma"), type=_float_or_auto,
+                     default=DEFAULTS.condat_sigma, help="dual step size, or 'auto'")
+    opt.add_argument(*_aliases("--condat-tau"), type=_float_or_auto,
+                     default=DEFAULTS.condat_tau,
+                     help="primal step size, or 'auto' (from the exact operator norms)")
+    opt.add_argument(*_aliases("--boundary"), choices=BOUNDARIES, default=DEFAULTS.boundary,
+                     help="boundary of every convolution")
+    opt.add_argument(*_aliases("--dtype"), choices=DTYPES, default=DEFAULTS.dtype,
+                     help="working precision")
+
+    sparse = p.add_argument_group("sparse mode")
+    sparse.add_argument(*_aliases("--wavelet"), choices=sorted(WAVELETS),
+                        default=DEFAULTS.wavelet,
+                        help="a trous smoothing kernel: starlet (B3 spline) or linear")
+    sparse.add_argument(*_aliases("--n-scales"), type=int, default=DEFAULTS.n_scales,
+                        help="wavelet scales including the (dropped) coarse scale")
+    sparse.add_argument(*_aliases("--wave-thresh-factor"), type=float, nargs="+",
+                        default=list(DEFAULTS.wave_thresh_factor), metavar="K",
+                        help="threshold factor per detail scale (n-scales - 1 values)")
+    sparse.add_argument(*_aliases("--n-reweights"), type=int, default=DEFAULTS.n_reweights,
+                        help="number of reweighting rounds")
+
+    lowr = p.add_argument_group("low-rank mode")
+    lowr.add_argument(*_aliases("--lowr-thresh-factor"), type=float,
+                      default=DEFAULTS.lowr_thresh_factor, help="low-rank threshold factor")
+    lowr.add_argument(*_aliases("--lowr-type"), choices=("standard",),
+                      default=DEFAULTS.lowr_type, help="low-rank formulation")
+    lowr.add_argument(*_aliases("--lowr-thresh-type"), choices=("hard", "soft"),
+                      default=DEFAULTS.lowr_thresh_type, help="singular-value threshold type")
+
+    ev = p.add_argument_group("evaluation against the truth")
+    ev.add_argument(*_aliases("-c", "--clean-data"), metavar="TRUTH", default=None,
+                    help="true images: print and record pixel error, ellipticity error, PSNR")
+    ev.add_argument(*_aliases("-r", "--random-seed"), type=int, default=None,
+                    help="seed used to select the clean data (recorded only)")
+    ev.add_argument(*_aliases("--kernel"), type=float, default=None, metavar="SIGMA",
+                    help="sigma (pixels) of a Gaussian window applied before the metrics")
+    ev.add_argument(*_aliases("--metric"), choices=("median", "mean"), default="median",
+                    help="aggregate printed first")
+
+    eng = p.add_argument_group("execution")
+    eng.add_argument("--engine", choices=("local", "spark"), default="local",
+                     help="where blocks run: this process, or Apache Spark")
+    eng.add_argument("--master", default=None,
+                     help="Spark master URL (default local[*]); e.g. spark://host:7077")
+    eng.add_argument("--partitions", "--pn", type=_positive_int, default=None,
+                     help="Spark partitions (blocks); default: 2 x default parallelism")
+    eng.add_argument(*_aliases("--sync-every"), type=_positive_int, default=None, metavar="K",
+                     help="iterations per synchronisation (default 4 x cost-window local, "
+                          "more on Spark); results do not depend on it")
+    eng.add_argument("--threads", type=_positive_int, default=None,
+                     help="threads of the local engine (default: available cores)")
+    eng.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar on stderr (default: when stderr is a terminal)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser."""
+    parser = OptionFileParser(
+        prog="galdecon",
+        description="Space-variant PSF deconvolution of galaxy image stacks.")
+    parser.add_argument("--version", action="version", version=f"galdecon {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="count", default=0,
+                           help="less output (-qq: errors only)")
+    verbosity.add_argument("-v", "--verbose", action="count", default=0,
+                           help="more output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    p = add_deconvolve_parser(sub)
+    # -q/-v are also accepted after the sub-command.
+    p.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
+                   help="less output")
+    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                   help="more output")
+    return parser
+
+
+class ProgressBar:
+    """A one-line progress bar with cost and ETA, written to a stream."""
+
+    def __init__(self, stream=sys.stderr, width: int = 30):
+        self.stream = stream
+        self.width = width
+        self.start = time.perf_counter()
+
+    def __call__(self, done: int, planned: int, cost: float) -> None:
+        elapsed = time.perf_counter() - self.start
+        frac = min(1.0, done / planned) if planned else 1.0
+        eta = elapsed / done * (planned - done) if done else float("nan")
+        bar = "#" * int(frac * self.width)
+        self.stream.write(f"\r[{bar:<{self.width}}] {done}/{planned} it  cost {cost:.6g}  "
+                          f"{elapsed:6.1f}s elapsed  ETA {eta:6.1f}s ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def settings_from_args(args) -> Settings:
+    """Build validated Settings from parsed arguments."""
+    return Settings(
+        mode=args.mode, wavelet=args.wavelet, n_scales=args.n_scales,
+        wave_thresh_factor=tuple(args.wave_thresh_factor), boundary=args.boundary,
+        n_iter=args.n_iter, tolerance=args.convergence, cost_window=args.cost_window,
+        n_reweights=args.n_reweights, relax=args.relax, condat_tau=args.condat_tau,
+        condat_sigma=args.condat_sigma, positivity=not args.no_pos,
+        lowr_thresh_factor=args.lowr_thresh_factor, lowr_thresh_type=args.lowr_thresh_type,
+        lowr_type=args.lowr_type, noise_est=args.noise_est, dtype=args.dtype)
+
+
+def run_deconvolve(args) -> int:
+    """``galdecon deconvolve``: read, validate, solve, write."""
+    from galdecon.api import deconvolve
+    from galdecon.plot import cost_curve
+
+    settings = settings_from_args(args)
+    stem = Path(args.output) if args.output else Path(io.split_hdu(args.input)[0].name
+                                                       .split(".")[0])
+    paths = io.output_paths(stem, args.output_format, plots=not args.no_plots)
+    inputs = [args.input, args.psf, args.current_res, args.clean_data]
+    io.check_inputs_exist(inputs)
+    io.check_outputs(paths, inputs, args.overwrite)
+
+    names = {"images": args.input, "psfs": args.psf, "primal": args.current_res,
+             "truth": args.clean_data}
+    images = io.read_array(args.input)
+    psfs = io.read_array(args.psf)
+    primal = io.read_array(args.current_res) if args.current_res else None
+    truth = io.read_array(args.clean_data) if args.clean_data else None
+    provenance = {k: {"path": str(v), "sha256": io.sha256(v)} for k, v in names.items() if v}
+
+    engine_opts = {}
+    if args.engine == "spark":
+        engine_opts = {"master": args.master, "partitions": args.partitions,
+                       "verbose": args.verbose > 0}
+    elif args.threads:
+        engine_opts = {"threads": args.threads}
+    show = args.progress if args.progress is not None else (sys.stderr.isatty()
+                                                            and args.quiet == 0)
+    bar = ProgressBar() if show else None
+    try:
+        result = deconvolve(images, psfs, initial_primal=primal, truth=truth,
+                            engine=args.engine, sync_every=args.sync_every,
+                            kernel=args.kernel, progress=bar, settings=settings,
+                            input_names=provenance, **engine_opts)
+    finally:
+        if bar is not None:
+            bar.close()
+    record = result.record
+    record["data"]["input_names"] = {k: v for k, v in names.items() if v}
+    record["cli"] = {"argv": sys.argv[1:], "random_seed": args.random_seed,
+                     "output_format": args.output_format}
+    record["outputs"] = {k: str(v) for k, v in paths.items()}
+    header = {"GDMODE": settings.mode, "GDNITER": record["result"]["iterations"],
+              "GDSIGMA": record["problem"]["noise_sigma"]}
+    io.write_array(paths["primal"], result.primal, args.output_format, header)
+    io.write_array(paths["dual"], result.dual, args.output_format, header)
+    if "plot" in paths:
+        cost_curve(record, paths["plot"])
+    io.write_json(paths["record"], record)
+    report(record, args)
+    return 0
+
+
+def report(record: dict, args) -> None:
+    """Print the outcome (unless quiet)."""
+    if args.quiet:
+        return
+    res, timing = record["result"], record["timing"]
+    print(f"galdecon {record['settings']['mode']}: {record['data']['n_images']} images, "
+          f"{res['iterations']} iterations {res['iterations_per_round']}, converged="
+          f"{res['converged']}, final cost {res['final_cost']:.6g}")
+    print(f"  sigma={record['problem']['noise_sigma']:.6g} beta={record['problem']['beta']:.8g}"
+          f"  median {timing['median_iteration_s'] * 1e3:.2f} ms/iteration, total "
+          f"{timing['total_s']:.2f} s")
+    if "metrics" in record:
+        first = args.metric
+        second = "mean" if first == "median" else "median"
+        for agg in (first, second):
+            m = record["metrics"][agg]
+            print(f"  {agg:6s} pixel error {m['pixel_error']:.6g}  ellipticity error "
+                  f"{m['ellipticity_error']:.6g}  PSNR {m['psnr']:.4g} dB")
+    for key, value in record["outputs"].items():
+        print(f"  {key}: {value}")
+
+
+def configure_logging(verbose: int, quiet: int) -> None:
+    """Map -v/-q to logging levels; library code only logs."""
+    level = logging.WARNING
+    if verbose == 1:
+        level = logging.INFO
+    elif verbose >= 2:
+        level = logging.DEBUG
+    elif quiet >= 2:
+        level = logging.ERROR
+    logging.basicConfig(level=level, format="galdecon: %(levelname)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("galdecon").setLevel(level)
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``galdecon`` command."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        configure_logging(args.verbose, args.quiet)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", GalDeconWarning)
+            warnings.showwarning = _show_warning
+            if args.command == "deconvolve":
+                return run_deconvolve(args)
+    except GalDeconError as exc:
+        print(f"galdecon: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("galdecon: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"galdecon: warning: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
