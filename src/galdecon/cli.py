@@ -259,7 +259,7 @@ def run_deconvolve(args) -> int:
     psfs = io.read_array(args.psf)
     primal = io.read_array(args.current_res) if args.current_res else None
     truth = io.read_array(args.clean_data) if args.clean_data else None
-    provenance = {k: {"path": str(v), "sha256": io.sha256(v)} for k, v in names.items() if v}
+    names = {k: str(v) for k, v in names.items() if v}
 
     engine_opts = {}
     if args.engine == "spark":
@@ -274,12 +274,12 @@ def run_deconvolve(args) -> int:
         result = deconvolve(images, psfs, initial_primal=primal, truth=truth,
                             engine=args.engine, sync_every=args.sync_every,
                             kernel=args.kernel, progress=bar, settings=settings,
-                            input_names=provenance, **engine_opts)
+                            input_names=names, **engine_opts)
     finally:
         if bar is not None:
             bar.close()
     record = result.record
-    record["data"]["input_names"] = {k: v for k, v in names.items() if v}
+    record["data"]["sha256"] = {k: io.sha256(v) for k, v in names.items()}
     record["cli"] = {"argv": sys.argv[1:], "random_seed": args.random_seed,
                      "output_format": args.output_format}
     record["outputs"] = {k: str(v) for k, v in paths.items()}
