@@ -17,9 +17,9 @@ from pathlib import Path
 
 from galdecon import __version__, io
 from galdecon.errors import ConfigError, GalDeconError, GalDeconWarning
-from galdecon.problem import DTYPES, MODES, Settings
 from galdecon.operators.convolution import BOUNDARIES
 from galdecon.operators.wavelet import WAVELETS
+from galdecon.problem import DTYPES, MODES, Settings
 
 log = logging.getLogger("galdecon")
 DEFAULTS = Settings()

@@ -68,7 +68,7 @@ def _read_fits(path: Path, hdu) -> np.ndarray:
     try:
         with fits.open(path, memmap=False) as hdul:
             if hdu is None:
-                for index, unit in enumerate(hdul):
+                for unit in hdul:
                     if unit.is_image and unit.data is not None and unit.data.ndim >= 2:
                         return np.array(unit.data)
                 raise InputError(f"{path}: no image HDU with 2-D or 3-D data "

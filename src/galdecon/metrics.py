@@ -59,7 +59,10 @@ def ellipticity_error(truth, estimate) -> np.ndarray:
 
 
 def psnr(truth, estimate) -> np.ndarray:
-    r"""Return :math:`20\log_{10}(\mathrm{range}(X_i)\sqrt{p} / \|X_i - \hat X_i\|_2)` per galaxy."""
+    r"""Return the PSNR per galaxy.
+
+    :math:`20\log_{10}(\mathrm{range}(X_i)\sqrt{p} / \|X_i - \hat X_i\|_2)`.
+    """
     truth, estimate = _stack(truth), _stack(estimate)
     p = truth.shape[1] * truth.shape[2]
     span = truth.max(axis=(1, 2)) - truth.min(axis=(1, 2))
