@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser."""
     parser = OptionFileParser(
         prog="galdecon",
-        description="Space-variant PSF deconvolution of galaxy image stacks.")
+        description="Space-variant PSF deconvolution of galaxy image stacks.",
+        fromfile_prefix_chars="@")
     parser.add_argument("--version", action="version", version=f"galdecon {__version__}")
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="count", default=0,
