@@ -8,6 +8,7 @@ convergence test, the cost history, timings — which becomes the run record.
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from functools import partial
 import numpy as np
 
 from galdecon.engines.base import Engine
+from galdecon.errors import ConfigError
 from galdecon.operators.convolution import Convolution
 from galdecon.problem import Problem, Settings, make_problem, sparse_weights
 from galdecon.solver import (
@@ -101,9 +103,11 @@ class Driver:
         self.settings = settings
         self.n_images = int(n_images)
         self.shape = (int(shape[0]), int(shape[1]))
-        self.sync_every = int(sync_every or 4 * settings.cost_window)
-        if self.sync_every < 1:
-            raise ValueError("sync_every must be >= 1")
+        self.sync_every = 4 * settings.cost_window if sync_every is None else sync_every
+        if isinstance(self.sync_every, bool) or not isinstance(self.sync_every, numbers.Integral) \
+                or self.sync_every < 1:
+            raise ConfigError(f"option sync_every={sync_every!r}: expected an integer >= 1")
+        self.sync_every = int(self.sync_every)
         self.progress = progress
         self.history = History()
         self.problem: Problem | None = None
