@@ -41,6 +41,7 @@ import argparse
 import gc
 import os
 import platform
+import time
 import tracemalloc
 
 import numpy as np
@@ -92,26 +93,36 @@ def make_stack(n: int, seed: int = 0, chunk: int = 2000) -> tuple[np.ndarray, np
     return images, psfs
 
 
-def _driver(images, psfs, settings, threads, block_size):
+def _driver(images, psfs, settings, threads, block_size, progress=None):
     engine = LocalEngine(threads=threads, block_size=block_size)
     engine.scatter({"images": images, "psfs": psfs}, len(images))
-    return engine, Driver(engine, settings, len(images), SHAPE)
+    return engine, Driver(engine, settings, len(images), SHAPE, progress=progress)
 
 
 def time_iterations(images, psfs, mode, dtype, iters, threads=None, block_size=None):
-    """Return the median seconds per iteration (after one warm-up step) and the samples."""
+    """Time the iterations of one run.
+
+    Returns the median wall seconds per iteration after one warm-up step (from
+    ``History.iteration_seconds``), the per-step samples, and the median process CPU
+    seconds per iteration (all threads; taken between the driver's progress calls, so it
+    includes the driver's own work per step).
+    """
     settings = Settings(mode=mode, dtype=dtype, tolerance=0.0, n_reweights=0)
     # The driver's default step: sparse runs 4·cost_window iterations per engine map.
     step = 4 * settings.cost_window if mode == "sparse" else 1
     steps = max(1, -(-iters // step))
     settings = settings.replace(n_iter=step * (steps + 1))
-    engine, driver = _driver(images, psfs, settings, threads, block_size)
+    marks = []
+    engine, driver = _driver(images, psfs, settings, threads, block_size,
+                             progress=lambda done, planned, cost: marks.append(
+                                 (done, time.process_time())))
     assert mode != "sparse" or driver.sync_every == step
     driver.setup()
     history = driver.run()
     engine.close()
     per_step = history.iteration_seconds[::step][1:]  # one value per engine step
-    return float(np.median(per_step)), per_step
+    cpu = [(t1 - t0) / (d1 - d0) for (d0, t0), (d1, t1) in zip(marks[1:], marks[2:])]
+    return float(np.median(per_step)), per_step, float(np.median(cpu)) if cpu else np.nan
 
 
 def memory(images, psfs, mode, dtype, threads=None, block_size=None):
@@ -156,21 +167,22 @@ def main(argv=None):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"# Condat iteration, local engine — {platform.processor() or platform.machine()}, "
           f"{cores} cores, numpy {np.__version__}, threads={args.threads or 'default'}, "
-          f"block_size={args.block_size or 'default'}, {args.iters} timed iterations\n")
+          f"block_size={args.block_size or 'default'}, {args.iters} timed iterations, "
+          f"load average {os.getloadavg()[0]:.2f} at start\n")
     print("| mode | dtype | n | s/iter (median) | min | max | µs/galaxy | vs first "
-          "| state MiB | peak MiB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| CPU s/iter | state MiB | peak MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode in args.modes:
         for dtype in args.dtypes:
             first = None
             for n in sorted(args.sizes):
                 if mode == "lowr" and args.max_lowr_n is not None and n > args.max_lowr_n:
-                    print(f"| {mode} | {dtype} | {n} | skipped | | | | | | |", flush=True)
+                    print(f"| {mode} | {dtype} | {n} | skipped | | | | | | | |", flush=True)
                     continue
                 images, psfs = make_stack(n, args.seed)
                 gc.collect()
-                median, samples = time_iterations(images, psfs, mode, dtype, args.iters,
-                                                  args.threads, args.block_size)
+                median, samples, cpu = time_iterations(images, psfs, mode, dtype, args.iters,
+                                                       args.threads, args.block_size)
                 per_galaxy = median / n
                 first = first or per_galaxy
                 if args.no_memory:
@@ -180,10 +192,13 @@ def main(argv=None):
                                          args.block_size)
                 print(f"| {mode} | {dtype} | {n} | {median:.4g} | {min(samples):.4g} "
                       f"| {max(samples):.4g} | {per_galaxy * 1e6:.1f} "
-                      f"| {per_galaxy / first:.2f} | {state:.0f} | {peak:.0f} |", flush=True)
+                      f"| {per_galaxy / first:.2f} | {cpu:.4g} | {state:.0f} | {peak:.0f} |",
+                      flush=True)
                 del images, psfs
-    print("\nstate/peak: tracemalloc (numpy allocations) above the input stack; "
-          "s/iter includes the cost evaluated every iteration.")
+    print("\ns/iter: wall time per iteration (History.iteration_seconds), cost evaluated every "
+          "iteration; CPU s/iter: process CPU time (all threads) per iteration; "
+          "state/peak: tracemalloc (numpy allocations) above the input stack. "
+          f"Load average {os.getloadavg()[0]:.2f} at the end.")
 
 
 if __name__ == "__main__":

@@ -282,3 +282,31 @@ def test_float32_operator_reports_float64_norms():
         n64 = Convolution(psfs, (9, 9), boundary, np.float64).spectral_norms()
         assert n32.dtype == np.float64
         np.testing.assert_allclose(n32, n64, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(41, 41), (40, 38), (9, 12), (1, 5)])
+def test_dense_rfft2_equals_scipy_fft(dtype, shape):
+    import scipy.fft as sfft
+
+    from galdecon.operators.convolution import DenseRFFT2
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3,) + shape).astype(dtype)
+    dft = DenseRFFT2(shape, dtype)
+    spec = dft.forward(x)
+    reference = sfft.rfft2(x.astype(np.float64))
+    assert spec.shape == reference.shape and spec.dtype == np.result_type(dtype, 1j)
+    scale = np.abs(reference).max()
+    np.testing.assert_allclose(spec, reference, atol=RTOL[dtype] * 10 * scale)
+    # the inverse ignores the imaginary parts irfft2 ignores (zero and Nyquist frequencies)
+    noisy = reference + 1j * rng.standard_normal(reference.shape)
+    back = dft.inverse(noisy.astype(spec.dtype))
+    np.testing.assert_allclose(back, sfft.irfft2(noisy, s=shape),
+                               atol=RTOL[dtype] * 10 * np.abs(noisy).max())
+    # into caller-provided arrays, with the same results
+    out = np.empty_like(spec)
+    work = np.empty(spec.shape[:2] + (2 * spec.shape[2],), dtype=dtype)
+    assert dft.forward(x, out, work) is out
+    np.testing.assert_array_equal(out, spec)
+    np.testing.assert_allclose(dft.inverse(spec), x, atol=RTOL[dtype] * 10 * np.abs(x).max())

@@ -317,3 +317,13 @@ def test_wavelet_norm_sq_zero_is_a_lower_bound_close_to_dense():
     estimate = wavelet_norm_sq((9, 9), settings)
     assert estimate <= expected * (1 + 1e-12)
     assert estimate == pytest.approx(expected, rel=1e-3)
+
+
+def test_wavelet_norm_sq_zero_by_lanczos_for_large_stamps(monkeypatch):
+    # Above DENSE_NORM_PIXELS the value comes from ARPACK; checked here on a small stamp.
+    from galdecon import problem as problem_module
+
+    monkeypatch.setattr(problem_module, "DENSE_NORM_PIXELS", 0)
+    expected = dense_normal_radius(Wavelet((15, 13), 4, "starlet", "zero"), (15, 13))
+    lanczos = problem_module._wavelet_norm_sq.__wrapped__((15, 13), "zero", 4, "starlet")
+    assert lanczos == pytest.approx(expected, rel=1e-10)

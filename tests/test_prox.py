@@ -8,11 +8,15 @@ from galdecon.operators.prox import (
     apply_svt,
     gram,
     hard_threshold,
+    kept_eigenpairs,
     nuclear_norm_from_gram,
+    nuclear_norm_of,
     positivity,
     singular_values_from_gram,
+    smaller_gram,
     soft_threshold,
     svt,
+    svt_factors,
     svt_projector,
     threshold_singular_values,
 )
@@ -225,3 +229,49 @@ def test_engine_low_rank_paths_agree_across_the_n_equals_p_boundary():
                                atol=1e-11)
     # the 9 × 9 Gram of the rank-8 matrix has one null eigenvalue: sqrt(rounding) slack
     assert small[2] == pytest.approx(large[2], rel=np.sqrt(np.finfo(float).eps))
+
+
+@pytest.mark.parametrize("kind", ["hard", "soft"])
+@pytest.mark.parametrize("keep", [0, 1, 3])
+def test_kept_eigenpairs_equals_the_full_decomposition(kind, keep):
+    rng = np.random.default_rng(11)
+    stack = low_rank_stack(rng, 60, (7, 7), rank=4, noise=0.05)
+    values = np.linalg.svd(stack.reshape(60, -1), compute_uv=False)
+    threshold = threshold_between(values, keep) if keep else 1.5 * values[0]
+    matrix = gram(stack)
+    basis, scale = kept_eigenpairs(matrix, threshold, kind)
+    ref_basis, ref_scale, rank = svt_projector(matrix, threshold, kind)
+    assert basis.shape == (49, rank) and rank == keep
+    np.testing.assert_allclose(scale, ref_scale, rtol=1e-12)
+    np.testing.assert_allclose(basis @ np.diag(scale) @ basis.T,
+                               ref_basis @ np.diag(ref_scale) @ ref_basis.T, atol=1e-12)
+
+
+def test_smaller_gram_is_the_symmetric_product_of_the_smaller_side():
+    rng = np.random.default_rng(12)
+    wide, tall = rng.standard_normal((5, 9)), rng.standard_normal((9, 5))
+    np.testing.assert_allclose(smaller_gram(wide), wide @ wide.T, rtol=1e-14)
+    np.testing.assert_allclose(smaller_gram(tall), tall.T @ tall, rtol=1e-14)
+    np.testing.assert_array_equal(smaller_gram(wide), smaller_gram(wide).T)
+    np.testing.assert_allclose(gram(tall.reshape(9, 5, 1)), tall.T @ tall, rtol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["hard", "soft"])
+def test_svt_factors_rows_and_gram_forms_agree(kind):
+    rng = np.random.default_rng(13)
+    stack = low_rank_stack(rng, 20, (7, 7), rank=3, noise=0.05)
+    rows = stack.reshape(20, -1)
+    values = np.linalg.svd(rows, compute_uv=False)
+    threshold = threshold_between(values, 3)
+    from_rows = svt_factors("rows", rows, threshold, kind)
+    from_gram = svt_factors("gram", gram(stack), threshold, kind)
+    np.testing.assert_allclose(apply_svt(stack, *from_rows), apply_svt(stack, *from_gram),
+                               atol=1e-11)
+    np.testing.assert_allclose(apply_svt(stack, *from_rows),
+                               svt(rows.T, threshold, kind).T.reshape(stack.shape), atol=1e-11)
+    assert nuclear_norm_of("rows", rows) == pytest.approx(values.sum(), rel=1e-12)
+    # the 49 × 49 Gram of a rank-20 matrix has 29 null eigenvalues: sqrt(rounding) each,
+    # which is why the rows form is taken whenever n < p
+    assert nuclear_norm_of("gram", gram(stack)) == pytest.approx(values.sum(), rel=1e-7)
+    with pytest.raises(ValueError, match="form"):
+        svt_factors("columns", rows, threshold, kind)

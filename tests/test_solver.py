@@ -339,3 +339,27 @@ def test_block_pickles_without_cached_operators(small_stack):
     again, _ = sparse_iterate(clone, problem, 2)
     reference, _ = sparse_iterate(stepped, problem, 2)
     np.testing.assert_array_equal(again.primal, reference.primal)
+
+
+# --------------------------------------------------------------------------------------
+# chunked sparse loop (solver.CHUNK_SIZE galaxies at a time)
+
+
+@pytest.mark.parametrize("boundary", ["periodic", "zero"])
+def test_sparse_iterate_in_chunks_equals_one_galaxy_at_a_time(example_images, example_psfs,
+                                                               boundary):
+    from galdecon import solver
+
+    n = 2 * solver.CHUNK_SIZE + 5  # two full chunks and a short one
+    images, psfs = example_images[:n], example_psfs[:n]
+    settings = Settings(boundary=boundary)
+    block, problem = make_block(images, psfs, settings)
+    whole, costs = sparse_iterate(block, problem, 5)
+    for i in (0, solver.CHUNK_SIZE - 1, solver.CHUNK_SIZE, n - 1):
+        single = Block(start=i, images=images[i:i + 1], psfs=psfs[i:i + 1],
+                       primal=block.primal[i:i + 1], dual=block.dual[i:i + 1],
+                       weights=block.weights[i:i + 1])
+        alone, _ = sparse_iterate(single, problem, 5)
+        np.testing.assert_allclose(whole.primal[i], alone.primal[0], rtol=1e-11, atol=1e-16)
+        np.testing.assert_allclose(whole.dual[i], alone.dual[0], rtol=1e-11, atol=1e-16)
+    assert costs[-1] == pytest.approx(cost_ref(whole, problem), rel=1e-11)

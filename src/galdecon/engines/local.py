@@ -1,9 +1,10 @@
 """The local engine: blocks held in this process, mapped over a small thread pool.
 
-The stack is cut into blocks of a few dozen galaxies so that one block's working set
-stays in cache while it runs its iterations; the blocks are shared among ``threads``
-threads (numpy, BLAS and the FFT release the GIL), each with single-threaded BLAS so the
-cores are not oversubscribed.
+The stack is cut into blocks that are shared among ``threads`` threads (numpy and BLAS
+release the GIL); within a block the solver works through cache-sized chunks. BLAS is
+single-threaded while blocks run — also when they run one at a time: the products are
+small, and a multi-threaded BLAS on small products mostly waits for its threads (on a
+busy machine, by orders of magnitude).
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from galdecon.engines.base import Engine, block_bounds
-from galdecon.operators.prox import singular_values_from_gram, svt_projector
+from galdecon.operators.prox import gram, nuclear_norm_of, svt_factors
 from galdecon.problem import mad_sigma
 from galdecon.solver import Block
+from galdecon.threads import blas_single_thread
 
 DEFAULT_BLOCK_SIZE = 64
-
 
 def default_threads() -> int:
     """Cores this process may use."""
@@ -67,9 +67,9 @@ class LocalEngine(Engine):
             ))
 
     def _run(self, fn, blocks):
-        if self._pool is None or len(blocks) == 1:
-            return [fn(b) for b in blocks]
-        with threadpool_limits(limits=1, user_api="blas"):
+        with blas_single_thread():
+            if self._pool is None or len(blocks) == 1:
+                return [fn(b) for b in blocks]
             return list(self._pool.map(fn, blocks))
 
     def map(self, fn) -> list:
@@ -97,26 +97,23 @@ class LocalEngine(Engine):
         return mad_sigma(np.concatenate([b.images.ravel() for b in self.blocks]))
 
     def _matrix(self, getter) -> np.ndarray:
-        return np.concatenate([getter(b).reshape(b.size, -1) for b in self.blocks], axis=0)
+        return np.concatenate([getter(b).reshape(b.size, -1) for b in self.blocks], axis=0,
+                              dtype=np.float64)
+
+    def _low_rank_form(self, getter) -> tuple[str, np.ndarray]:
+        # Rows of `rows` are galaxies (Mᵀ, n × p). The smaller exact form is used, chosen as
+        # every engine chooses it: the rows when n < p, else the p × p Gram.
+        rows = self._matrix(getter)
+        n, p = rows.shape
+        return ("rows", rows) if n < p else ("gram", gram(rows))
 
     def low_rank_factors(self, getter, threshold: float, kind: str):
-        # Rows of `rows` are galaxies: rows = Mᵀ (n × p). Eigen-decompose the smaller Gram:
-        # MᵀM (n × n) when n < p, else M Mᵀ (p × p, the distributed formula). Both exact.
-        rows = self._matrix(getter).astype(np.float64, copy=False)
-        n, p = rows.shape
-        if n < p:
-            vectors, scale, _ = svt_projector(rows @ rows.T, threshold, kind)
-            basis = rows.T @ vectors  # U S: columns M v_k = s_k u_k
-            values = np.sqrt(np.sum(basis**2, axis=0))
-            return basis / values, scale
-        basis, scale, _ = svt_projector(rows.T @ rows, threshold, kind)
-        return basis, scale
+        form, matrix = self._low_rank_form(getter)
+        return svt_factors(form, matrix, threshold, kind)
 
     def nuclear_norm(self, getter) -> float:
-        rows = self._matrix(getter).astype(np.float64, copy=False)
-        n, p = rows.shape
-        gram = rows @ rows.T if n < p else rows.T @ rows
-        return float(singular_values_from_gram(gram).sum())
+        form, matrix = self._low_rank_form(getter)
+        return nuclear_norm_of(form, matrix)
 
     def facts(self) -> dict:
         return {"engine": self.name, "threads": self.threads, "blocks": len(self.blocks)}

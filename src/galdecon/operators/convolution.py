@@ -163,3 +163,92 @@ class Convolution:
     def beta(self) -> float:
         r"""Return :math:`\beta = \rho(H^T H)` of the block (the largest over its PSFs)."""
         return float(self.spectral_norms().max())
+
+
+class DenseRFFT2:
+    r"""``rfft2`` and ``irfft2`` of stacks of small stamps as two dense matrix products each.
+
+    For the prime stamp sizes of galaxy stamps (41) an FFT library falls back to an
+    :math:`O(N^2)` pass per axis anyway, so the transform *is* a pair of small dense
+    products; done as BLAS products (one large real product along the last axis, one
+    complex product per stamp along the first) it runs at matrix-multiply speed and writes
+    into caller-provided arrays, so an iteration that uses it allocates nothing.
+
+    The results equal ``scipy.fft.rfft2`` / ``irfft2(·, s=shape)`` (backward norm) up to
+    rounding: the forward transform is :math:`\hat X = F_0 X F_1^{T}` with :math:`F_1` the
+    first ``N1 // 2 + 1`` rows of the DFT matrix, and the inverse sums the half spectrum with
+    Hermitian weights (1 for the zero frequency and, for even ``N1``, the Nyquist one; 2
+    elsewhere), ignoring their imaginary parts as ``irfft2`` does.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Stamp shape ``(N0, N1)``.
+    dtype : dtype
+        Real working dtype (float32 or float64); spectra have the matching complex dtype.
+    """
+
+    def __init__(self, shape, dtype=np.float64):
+        n0, n1 = int(shape[0]), int(shape[1])
+        half = n1 // 2 + 1
+        self.shape = (n0, n1)
+        self.half = half
+        self.dtype = np.dtype(dtype)
+        self.complex_dtype = complex_dtype(dtype)
+        # Phases reduced modulo N before scaling, so that equal angles give equal entries.
+        phase1 = 2 * np.pi * ((np.arange(n1)[:, None] * np.arange(half)[None, :]) % n1) / n1
+        phase0 = 2 * np.pi * ((np.arange(n0)[:, None] * np.arange(n0)[None, :]) % n0) / n0
+        # Last axis, real → half spectrum, columns interleaved (re, im) per frequency.
+        forward1 = np.empty((n1, 2 * half))
+        forward1[:, 0::2] = np.cos(phase1)
+        forward1[:, 1::2] = -np.sin(phase1)
+        weights = rfft_weights(n1) / (n0 * n1)
+        inverse1 = np.empty((2 * half, n1))
+        inverse1[0::2] = weights[:, None] * np.cos(phase1.T)
+        inverse1[1::2] = -weights[:, None] * np.sin(phase1.T)
+        inverse1[1] = 0.0  # the zero frequency's imaginary part is ignored, as by irfft2
+        if n1 % 2 == 0:
+            inverse1[-1] = 0.0  # and so is the Nyquist frequency's
+        self._forward1 = forward1.astype(self.dtype)
+        self._inverse1 = inverse1.astype(self.dtype)
+        self._forward0 = np.exp(-1j * phase0).astype(self.complex_dtype)
+        self._inverse0 = np.exp(1j * phase0).astype(self.complex_dtype)
+
+    def spectrum_shape(self, m: int) -> tuple[int, int, int]:
+        """Shape of the half spectra of ``m`` stamps."""
+        return (m, self.shape[0], self.half)
+
+    def forward(self, x: np.ndarray, out: np.ndarray | None = None,
+                work: np.ndarray | None = None) -> np.ndarray:
+        """Return ``rfft2(x)`` for ``x`` of shape ``(m, N0, N1)`` (C-contiguous).
+
+        ``out`` (complex, ``(m, N0, N1 // 2 + 1)``) and ``work`` (real,
+        ``(m, N0, 2 * (N1 // 2 + 1))``) are filled when given, allocated otherwise.
+        """
+        m = x.shape[0]
+        n0, n1 = self.shape
+        if work is None:
+            work = np.empty((m, n0, 2 * self.half), dtype=self.dtype)
+        if out is None:
+            out = np.empty(self.spectrum_shape(m), dtype=self.complex_dtype)
+        np.matmul(x.reshape(m * n0, n1), self._forward1, out=work.reshape(m * n0, 2 * self.half))
+        np.matmul(self._forward0, work.view(self.complex_dtype), out=out)
+        return out
+
+    def inverse(self, spec: np.ndarray, out: np.ndarray | None = None,
+                work: np.ndarray | None = None) -> np.ndarray:
+        """Return ``irfft2(spec, s=(N0, N1))`` for half spectra ``spec`` of shape ``(m, N0, H)``.
+
+        ``out`` (real, ``(m, N0, N1)``) and ``work`` (complex, like ``spec``) are filled when
+        given, allocated otherwise.
+        """
+        m = spec.shape[0]
+        n0, n1 = self.shape
+        if work is None:
+            work = np.empty(self.spectrum_shape(m), dtype=self.complex_dtype)
+        if out is None:
+            out = np.empty((m, n0, n1), dtype=self.dtype)
+        np.matmul(self._inverse0, spec, out=work)
+        np.matmul(work.view(self.dtype).reshape(m * n0, 2 * self.half), self._inverse1,
+                  out=out.reshape(m * n0, n1))
+        return out

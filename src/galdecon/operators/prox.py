@@ -11,6 +11,10 @@ between blocks, never the stack, and no full-matrices SVD is ever formed.
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
+from scipy.linalg import blas
+
+from galdecon.threads import blas_threads_for
 
 THRESHOLD_TYPES = ("hard", "soft")
 
@@ -42,7 +46,27 @@ def threshold_singular_values(values: np.ndarray, threshold: float, kind: str) -
 def gram(block: np.ndarray) -> np.ndarray:
     r"""Return :math:`\sum_i \mathrm{vec}(x_i)\mathrm{vec}(x_i)^T` for a block, in float64."""
     flat = np.asarray(block, dtype=np.float64).reshape(block.shape[0], -1)
-    return flat.T @ flat
+    return _syrk(flat, rows_gram=False)
+
+
+def smaller_gram(rows: np.ndarray) -> np.ndarray:
+    """Return ``rows @ rows.T`` or ``rows.T @ rows``, whichever is smaller (float64)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    return _syrk(rows, rows_gram=rows.shape[0] < rows.shape[1])
+
+
+def _syrk(rows: np.ndarray, rows_gram: bool) -> np.ndarray:
+    """``rows @ rows.T`` (``rows_gram``) or ``rows.T @ rows`` by a symmetric rank-k update.
+
+    BLAS syrk computes one triangle, half the work of a general product; the other
+    triangle is mirrored so the result is an ordinary symmetric matrix.
+    """
+    rows = np.ascontiguousarray(rows, dtype=np.float64)
+    # rows.T is Fortran-ordered, so syrk reads it in place; trans=1 gives AᵀA of A = rows.T.
+    result = blas.dsyrk(1.0, rows.T, trans=1 if rows_gram else 0, lower=1)
+    upper = np.triu_indices(result.shape[0], 1)
+    result[upper] = result.T[upper]
+    return result
 
 
 def singular_values_from_gram(gram_matrix: np.ndarray) -> np.ndarray:
@@ -87,6 +111,66 @@ def svt_projector(gram_matrix: np.ndarray, threshold: float, kind: str = "hard",
     keep = (values > rcond * smax) & (shrunk > 0)
     scale = shrunk[keep] / values[keep]
     return vectors[:, keep], scale, int(keep.sum())
+
+
+def kept_eigenpairs(gram_matrix: np.ndarray, threshold: float, kind: str = "hard",
+                    rcond: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(basis, scale)`` exactly as :func:`svt_projector` does, faster.
+
+    Only eigenpairs that can survive the threshold (eigenvalue near or above ``t²``) are
+    computed (LAPACK ``syevr`` on a value range): the singular-value threshold keeps few
+    components, and computing all 1681 eigenvectors of a p × p Gram costs several times
+    more than the tridiagonal reduction both share. The keep test on the returned values is
+    :func:`svt_projector`'s own; the range starts a margin below ``t²`` so that it decides.
+    """
+    if not threshold > 0:
+        basis, scale, _ = svt_projector(gram_matrix, threshold, kind, rcond)
+        return basis, scale
+    eig, vectors = scipy.linalg.eigh(gram_matrix, driver="evr", check_finite=False,
+                                     subset_by_value=(threshold**2 * (1 - 1e-6), np.inf))
+    values = np.sqrt(np.maximum(eig, 0.0))
+    smax = values.max(initial=0.0)  # the largest eigenvalue is in the range whenever any is
+    shrunk = threshold_singular_values(values, threshold, kind)
+    keep = (values > rcond * smax) & (shrunk > 0)
+    return vectors[:, keep], shrunk[keep] / values[keep]
+
+
+def svt_factors(form: str, matrix: np.ndarray, threshold: float,
+                kind: str = "hard") -> tuple[np.ndarray, np.ndarray]:
+    r"""Return ``(basis, scale)`` of the global SVT from either exact form of the data.
+
+    Every engine calls this one function, so equal data give equal factors.
+
+    Parameters
+    ----------
+    form : {'rows', 'gram'}
+        ``'rows'``: ``matrix`` is :math:`M^T` (n × p, one row per galaxy), used when
+        n < p: the n × n Gram :math:`M^T M = V S^2 V^T` is eigen-decomposed and
+        :math:`U = M V S^{-1}`. ``'gram'``: ``matrix`` is :math:`G = M M^T` (p × p).
+    matrix : ndarray
+        The rows or the Gram, float64.
+    threshold, kind
+        As for :func:`svt_projector`.
+
+    Notes
+    -----
+    BLAS threads follow :func:`galdecon.threads.blas_threads_for`, whichever engine
+    calls, since thread counts change the rounding.
+    """
+    if form not in ("rows", "gram"):
+        raise ValueError(f"form must be 'rows' or 'gram', got {form!r}")
+    with blas_threads_for(matrix):
+        if form == "gram":
+            return kept_eigenpairs(matrix, threshold, kind)
+        vectors, scale = kept_eigenpairs(smaller_gram(matrix), threshold, kind)
+        basis = matrix.T @ vectors  # U S: columns M v_k = s_k u_k
+        return basis / np.sqrt(np.sum(basis**2, axis=0)), scale
+
+
+def nuclear_norm_of(form: str, matrix: np.ndarray) -> float:
+    """Return the nuclear norm of ``M`` from either form of :func:`svt_factors`."""
+    with blas_threads_for(matrix):
+        return nuclear_norm_from_gram(smaller_gram(matrix) if form == "rows" else matrix)
 
 
 def apply_svt(block: np.ndarray, basis: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -139,6 +139,9 @@ class Wavelet:
             col_mats.reshape(-1, self.shape[1]).T).astype(self.dtype)   # (N1, J*N1)
         self._cols_stack = np.ascontiguousarray(col_mats.reshape(-1, self.shape[1])
                                                 ).astype(self.dtype)     # (J*N1, N1)
+        # -B_J^T: the last band of the adjoint needs -Z_{J-1}; negating the (exact) matrix
+        # instead of the data saves a pass and gives bit-identical products.
+        self._last_rows_t_neg = -self._rows_t[-1]
 
     @property
     def filters(self) -> np.ndarray:
@@ -155,30 +158,59 @@ class Wavelet:
             np.matmul(self._rows[s], right[:, :, s, :], out=out[:, s])
         return out
 
+    def work_shape(self, m: int) -> tuple[int, int, int, int]:
+        """Shape of the scratch array :meth:`op_into` and :meth:`adj_into` need for m stamps."""
+        return (m, self.shape[0], self.n_bands, self.shape[1])
+
     def op(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         r"""Return :math:`\Phi(X)`, shape ``(m, J, N0, N1)``, for ``x`` of shape ``(m, N0, N1)``."""
-        x = np.asarray(x, dtype=self.dtype)
-        smooth = self.smooth(x)
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        m = x.shape[0]
         if out is None:
-            out = np.empty_like(smooth)
-        # phi_0 = x - S_1 x ; phi_j = S_j x - S_{j+1} x
-        np.subtract(x, smooth[:, 0], out=out[:, 0])
-        np.subtract(smooth[:, :-1], smooth[:, 1:], out=out[:, 1:])
+            out = np.empty((m, self.n_bands) + self.shape, dtype=self.dtype)
+        return self.op_into(x, out, np.empty(self.work_shape(m), dtype=self.dtype))
+
+    def op_into(self, x: np.ndarray, out: np.ndarray, work: np.ndarray) -> np.ndarray:
+        r"""Write :math:`\Phi(X)` into ``out`` using ``work`` (shape :meth:`work_shape`).
+
+        ``x`` must be C-contiguous with the working dtype; nothing is allocated.
+        """
+        m = x.shape[0]
+        n0, n1 = self.shape
+        np.matmul(x.reshape(m * n0, n1), self._cols_stack_t,
+                  out=work.reshape(m * n0, self.n_bands * n1))
+        for s in range(self.n_bands):
+            np.matmul(self._rows[s], work[:, :, s, :], out=out[:, s])
+        # out[:, s] holds S_{s+1} x; difference in place from the last band down:
+        # phi_j = S_j x - S_{j+1} x, phi_0 = x - S_1 x.
+        for j in range(self.n_bands - 1, 0, -1):
+            np.subtract(out[:, j - 1], out[:, j], out=out[:, j])
+        np.subtract(x, out[:, 0], out=out[:, 0])
         return out
 
     def adj(self, z: np.ndarray) -> np.ndarray:
         r"""Return :math:`\Phi^T(Z)`, shape ``(m, N0, N1)``, for ``z`` of shape ``(m, J, N0, N1)``."""
         z = np.asarray(z, dtype=self.dtype)
         m = z.shape[0]
+        out = np.empty((m,) + self.shape, dtype=self.dtype)
+        return self.adj_into(z, out, np.empty(self.work_shape(m), dtype=self.dtype),
+                             np.empty((m,) + self.shape, dtype=self.dtype))
+
+    def adj_into(self, z: np.ndarray, out: np.ndarray, work: np.ndarray,
+                 diff: np.ndarray) -> np.ndarray:
+        r"""Write :math:`\Phi^T(Z)` into ``out`` (C-contiguous) using ``work`` and ``diff``.
+
+        ``work`` has shape :meth:`work_shape`, ``diff`` the shape of ``out``; nothing is
+        allocated.
+        """
+        m = z.shape[0]
         n0, n1 = self.shape
-        left = np.empty((m, n0, self.n_bands, n1), dtype=self.dtype)
-        diff = np.empty((m, n0, n1), dtype=self.dtype)
-        for s in range(self.n_bands):
-            if s + 1 < self.n_bands:
-                np.subtract(z[:, s + 1], z[:, s], out=diff)
-            else:
-                np.negative(z[:, s], out=diff)
-            np.matmul(self._rows_t[s], diff, out=left[:, :, s, :])
-        out = (left.reshape(m * n0, self.n_bands * n1) @ self._cols_stack).reshape(m, n0, n1)
+        last = self.n_bands - 1
+        for s in range(last):
+            np.subtract(z[:, s + 1], z[:, s], out=diff)
+            np.matmul(self._rows_t[s], diff, out=work[:, :, s, :])
+        np.matmul(self._last_rows_t_neg, z[:, last], out=work[:, :, last, :])
+        np.matmul(work.reshape(m * n0, self.n_bands * n1), self._cols_stack,
+                  out=out.reshape(m * n0, n1))
         out += z[:, 0]
         return out
