@@ -1,0 +1,130 @@
+"""Time per iteration: the local engine against Spark ``local[2]``, over partitions and K.
+
+Sparse mode on n random galaxy stamps (positive elliptical blobs plus noise, convolved by
+normalised elliptical Gaussian PSFs of random widths), 41×41 by default. For each
+synchronisation interval K the local engine runs once; Spark runs for every partition count
+N, all in one SparkSession, between two local runs (the local time is their median, so
+the ratio compares runs made under similar load on a shared machine). A run is one
+warm-up sync followed by ``--syncs`` timed syncs; the table shows the median seconds per
+iteration over the timed syncs and the ratio Spark / local at the same K.
+
+    python benchmarks/spark_overhead.py                      # n=10,000, N∈{2,4,8,32}, K∈{1,4,16}
+    python benchmarks/spark_overhead.py -n 1000 --partitions 2 4 --sync 1 4 --syncs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+import scipy.fft as sfft
+
+from galdecon.driver import Driver
+from galdecon.engines.local import LocalEngine
+from galdecon.engines.spark import SparkEngine
+from galdecon.problem import Settings
+
+
+def make_stack(n: int, size: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Random PSF-like kernels and blurred positive blobs with Gaussian noise."""
+    grid = np.arange(size) - size // 2
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+
+    def gaussians(width, ratio, angle, dx, dy):
+        # Elliptical Gaussians, one per row of the parameter vectors, shape (n, size, size).
+        width, ratio, angle, dx, dy = (np.asarray(a)[:, None, None]
+                                       for a in (width, ratio, angle, dx, dy))
+        x, y = xx - dx, yy - dy
+        u = x * np.cos(angle) + y * np.sin(angle)
+        v = -x * np.sin(angle) + y * np.cos(angle)
+        return np.exp(-0.5 * ((u / width) ** 2 + (v / (width * ratio)) ** 2))
+
+    centred = np.zeros(n)
+    psfs = gaussians(rng.uniform(1.0, 2.5, n), rng.uniform(0.6, 1.0, n),
+                     rng.uniform(0, np.pi, n), centred, centred)
+    psfs /= psfs.sum(axis=(1, 2), keepdims=True)
+    galaxies = rng.uniform(0.5, 2.0, (n, 1, 1)) * gaussians(
+        rng.uniform(1.5, 5.0, n), rng.uniform(0.3, 1.0, n), rng.uniform(0, np.pi, n),
+        rng.normal(0, 1.5, n), rng.normal(0, 1.5, n))
+    kernel = np.roll(psfs, (-(size // 2), -(size // 2)), axis=(1, 2))
+    blurred = sfft.irfft2(sfft.rfft2(galaxies) * sfft.rfft2(kernel), s=(size, size))
+    images = blurred + rng.normal(0.0, 0.01, blurred.shape)
+    return images, psfs
+
+
+def seconds_per_iteration(engine, images, psfs, sync: int, syncs: int) -> float:
+    """Median seconds per iteration over ``syncs`` timed syncs after one warm-up sync."""
+    n = len(images)
+    engine.scatter({"images": images, "psfs": psfs, "primal": None}, n)
+    settings = Settings(mode="sparse", n_iter=(syncs + 1) * sync, tolerance=0.0,
+                        n_reweights=0)
+    driver = Driver(engine, settings, n, images.shape[1:], sync_every=sync)
+    driver.setup()
+    history = driver.run()
+    per_sync = history.iteration_seconds[::sync][1:]  # one entry per sync, warm-up dropped
+    return statistics.median(per_sync)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", "--n-images", type=int, default=10_000)
+    parser.add_argument("--size", type=int, default=41, help="stamp size (odd)")
+    parser.add_argument("--partitions", type=int, nargs="+", default=[2, 4, 8, 32])
+    parser.add_argument("--sync", type=int, nargs="+", default=[1, 4, 16],
+                        help="iterations per synchronisation K")
+    parser.add_argument("--syncs", type=int, default=3, help="timed syncs per run")
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--driver-memory", default="6g")
+    parser.add_argument("--block-size", type=int, default=64,
+                        help="galaxies per tile inside a Spark partition (0: one tile)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    images, psfs = make_stack(args.n_images, args.size, np.random.default_rng(args.seed))
+    print(f"n={args.n_images} stamps {args.size}x{args.size}, sparse mode, "
+          f"{args.syncs} timed syncs after 1 warm-up; seconds per iteration (median)",
+          flush=True)
+
+    t0 = time.perf_counter()
+    session_engine = SparkEngine(master=args.master, driver_memory=args.driver_memory)
+    print(f"  Spark session started in {time.perf_counter() - t0:.1f} s "
+          f"({session_engine.facts()['spark_version']})", flush=True)
+    local_engine = LocalEngine()
+    local, spark_times = {}, {}
+    try:
+        for sync in args.sync:
+            # Local runs bracket the Spark runs of the same K: the machine may be shared,
+            # and the ratio should compare times taken under the same load.
+            before = seconds_per_iteration(local_engine, images, psfs, sync, args.syncs)
+            for parts in args.partitions:
+                with SparkEngine(spark=session_engine.spark, partitions=parts,
+                                 block_size=args.block_size or None) as engine:
+                    spark_times[parts, sync] = seconds_per_iteration(engine, images, psfs,
+                                                                     sync, args.syncs)
+                print(f"  spark N={parts} K={sync}: {spark_times[parts, sync]:.3f} s/it",
+                      flush=True)
+            after = seconds_per_iteration(local_engine, images, psfs, sync, args.syncs)
+            local[sync] = statistics.median([before, after])
+            print(f"  local K={sync}: {before:.3f} and {after:.3f} s/it", flush=True)
+    finally:
+        session_engine.close()
+        local_engine.close()
+
+    head = "".join(f" | K={k:<3d} s/it  ratio" for k in args.sync)
+    print("\n| engine     " + head + " |")
+    print("|------------" + "|--------------------" * len(args.sync) + "|")
+    print("| local      " + "".join(f" | {local[k]:8.3f}   1.00 " for k in args.sync) + " |")
+    for parts in args.partitions:
+        cells = "".join(f" | {spark_times[parts, k]:8.3f} {spark_times[parts, k] / local[k]:6.2f} "
+                        for k in args.sync)
+        print(f"| spark N={parts:<3d}" + cells + " |")
+    best = min(spark_times, key=lambda key: spark_times[key] / local[key[1]])
+    print(f"\nbest: N={best[0]} K={best[1]}, ratio {spark_times[best] / local[best[1]]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
