@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= test,spark
+EXTRAS ?= test,spark,sim
 
 .PHONY: install demo test bench lint clean
 
