@@ -204,7 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="less output")
     p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                    help="more output")
+    from galdecon import cli_science  # it builds on this module's helpers
+
+    cli_science.add_simulate_parser(sub)
+    cli_science.add_evaluate_parser(sub)
     return parser
+
+
+def _command(name: str):
+    from galdecon import cli_science
+
+    return {"deconvolve": run_deconvolve, "simulate": cli_science.run_simulate,
+            "evaluate": cli_science.run_evaluate}[name]
 
 
 class ProgressBar:
@@ -340,8 +351,7 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("always", GalDeconWarning)
             warnings.showwarning = _show_warning
-            if args.command == "deconvolve":
-                return run_deconvolve(args)
+            return _command(args.command)(args)
     except GalDeconError as exc:
         print(f"galdecon: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,324 @@
+"""Deconvolution quality on simulated data with known truth: galdecon against baselines.
+
+For every stack size n and SNR level this simulates (``galdecon.simulate``, field-varying
+Euclid-like PSFs, seed fixed) or reuses a data set, runs
+
+``sparse``    galdecon, sparse wavelet mode (defaults: 300 iterations + 1 reweighting)
+``lowr``      galdecon, low-rank mode (defaults: 300 iterations)
+``wiener``    Tikhonov/Wiener, λ from the noise level (galdecon.baselines.wiener)
+``rl``        Richardson–Lucy, 10 iterations (galdecon.baselines.richardson_lucy)
+``observed``  no deconvolution: the observation as the image, HSM PSF-corrected shapes
+
+and measures each with ``galdecon.evaluate`` (pixel error plain and windowed, ellipticity
+error from unweighted, windowed and adaptive moments, PSNR). Results go to
+``OUT/quality.json`` after every run (a rerun skips what is there, so a killed run
+resumes), per-galaxy metrics to ``OUT/per_galaxy/*.csv``, tables to
+``OUT/quality_tables.md`` and stdout, and figures (error vs SNR, an image gallery) to
+``--figures``.
+
+Examples
+--------
+::
+
+    python benchmarks/quality.py                         # n = 100 and 1,000, all SNRs
+    python benchmarks/quality.py --sizes 100 --snr 2 10 --n-iter 100   # a quick look
+    python benchmarks/quality.py --full                  # adds n = 10,000
+    python benchmarks/quality.py --report-only           # tables + figures from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+import galdecon
+from galdecon import baselines, io
+from galdecon.dataset import snr_label
+from galdecon.evaluate import adaptive_shapes, evaluate, write_csv
+
+METHODS = ("sparse", "lowr", "wiener", "rl", "observed")
+# not run by default: galdecon without the convergence test (always n_iter per round)
+EXTRA_METHODS = ("sparse_fixed", "lowr_fixed")
+LABELS = {"sparse": "galdecon sparse", "lowr": "galdecon low rank", "wiener": "Wiener/Tikhonov",
+          "rl": "Richardson-Lucy", "observed": "no deconvolution",
+          "sparse_fixed": "galdecon sparse, no early stop",
+          "lowr_fixed": "galdecon low rank, no early stop"}
+COLOURS = {"sparse": "C0", "lowr": "C3", "wiener": "C2", "rl": "C1", "observed": "0.4",
+           "sparse_fixed": "C9", "lowr_fixed": "C6"}
+TABLE_METRICS = ("pixel_error", "pixel_error_window", "ellipticity_error",
+                 "ellipticity_error_window", "ellipticity_error_hsm", "psnr")
+TITLES = {"pixel_error": "pixel error", "pixel_error_window": "pixel error, window σ=5 px",
+          "ellipticity_error": "ellipticity error, unweighted moments",
+          "ellipticity_error_window": "ellipticity error, window σ=5 px",
+          "ellipticity_error_hsm": "ellipticity error, HSM adaptive moments",
+          "psnr": "PSNR (dB)"}
+
+
+def dataset_for(n: int, args) -> dict:
+    from galdecon.simulate import read_dataset, simulate, write_dataset
+
+    path = args.out / f"sim_n{n}_seed{args.seed}.npz"
+    if path.exists():
+        data = read_dataset(path)
+        if all(float(s) in data["noisy"] for s in args.snr):
+            return data
+    t0 = time.perf_counter()
+    data = simulate(n, seed=args.seed, snr=args.snr, workers=args.workers)
+    write_dataset(path, data)
+    print(f"simulated n={n} in {time.perf_counter() - t0:.1f} s -> {path}", flush=True)
+    return data
+
+
+def run_method(method: str, images, psfs, args) -> tuple[np.ndarray, dict]:
+    """Return the estimate and facts about the run (time, iterations, shapes)."""
+    t0 = time.perf_counter()
+    facts: dict = {}
+    if method in ("sparse", "lowr", "sparse_fixed", "lowr_fixed"):
+        extra = {"tolerance": 0.0} if method.endswith("_fixed") else {}
+        result = galdecon.deconvolve(images, psfs, mode=method.split("_")[0],
+                                     n_iter=args.n_iter, **extra)
+        estimate = result.primal
+        res = result.record["result"]
+        facts = {"iterations": res["iterations"], "converged": res["converged"],
+                 "iterations_per_round": res["iterations_per_round"],
+                 "noise_sigma": result.record["problem"]["noise_sigma"]}
+    elif method == "wiener":
+        estimate = baselines.wiener(images, psfs)
+    elif method == "rl":
+        estimate = baselines.richardson_lucy(images, psfs, n_iter=args.rl_iter)
+        facts = {"iterations": args.rl_iter}
+    elif method == "observed":
+        estimate = baselines.observed(images)
+        facts["shapes"] = baselines.psf_corrected_shapes(images, psfs)[0]
+    else:
+        raise ValueError(method)
+    facts["seconds"] = time.perf_counter() - t0
+    return estimate, facts
+
+
+def run(args) -> dict:
+    results_path = args.out / "quality.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results.setdefault("runs", {})
+    results["setup"] = {"seed": args.seed, "n_iter": args.n_iter, "rl_iter": args.rl_iter,
+                        "machine": platform.platform(), "cpus": os.cpu_count(),
+                        "galdecon": galdecon.__version__}
+    (args.out / "per_galaxy").mkdir(exist_ok=True)
+    for n in args.sizes:
+        data = dataset_for(n, args)
+        truth, psfs = data["truth"], data["psfs"]
+        truth_shapes = None
+        for level in args.snr:
+            images = data["noisy"][float(level)]
+            gallery = {}
+            for method in args.methods:
+                key = f"n{n}_snr{snr_label(level)}_{method}"
+                if key in results["runs"] and not args.redo:
+                    continue
+                if truth_shapes is None:
+                    truth_shapes = adaptive_shapes(truth)[0]
+                estimate, facts = run_method(method, images, psfs, args)
+                shapes = facts.pop("shapes", None)
+                ev = evaluate(truth, estimate, truth_shapes=truth_shapes,
+                              estimate_shapes=shapes)
+                write_csv(args.out / "per_galaxy" / f"{key}.csv", ev)
+                results["runs"][key] = {"n": n, "snr": float(level), "method": method,
+                                        "summary": ev["summary"], "hsm": ev["hsm"],
+                                        "facts": facts}
+                io.write_json(results_path, results)
+                gallery[method] = estimate[:args.gallery]
+                s = ev["summary"]
+                print(f"n={n:<6d} SNR={level:<4g} {method:<9s} {facts['seconds']:8.1f} s  "
+                      f"pix {s['pixel_error']['median']:.4f}  "
+                      f"e {s['ellipticity_error']['median']:.4f}  "
+                      f"e_hsm {s['ellipticity_error_hsm']['median']:.4f}  "
+                      f"it {facts.get('iterations', '-')}", flush=True)
+            if gallery and n == min(args.sizes):
+                path = args.out / f"gallery_n{n}_snr{snr_label(level)}.npz"
+                old = dict(np.load(path)) if path.exists() else {}
+                np.savez(path, **(old | gallery | {"truth": truth[:args.gallery],
+                                                   "observed_image": images[:args.gallery]}))
+    return results
+
+
+# -- report -------------------------------------------------------------------------------
+
+def tables(results: dict, statistic: str = "median") -> str:
+    runs = results["runs"].values()
+    sizes = sorted({r["n"] for r in runs})
+    levels = sorted({r["snr"] for r in runs})
+    methods = [m for m in METHODS + EXTRA_METHODS if any(r["method"] == m for r in runs)]
+    index = {(r["n"], r["snr"], r["method"]): r for r in runs}
+    out = []
+    for metric in TABLE_METRICS:
+        out.append(f"### {TITLES[metric]} ({statistic})\n")
+        out.append("| method | n | " + " | ".join(f"SNR {s:g}" for s in levels) + " |")
+        out.append("|---|---:|" + "---:|" * len(levels))
+        for method in methods:
+            for n in sizes:
+                cells = []
+                for s in levels:
+                    r = index.get((n, s, method))
+                    v = r["summary"].get(metric, {}).get(statistic) if r else None
+                    cells.append("–" if v is None else f"{v:.2f}" if metric == "psnr"
+                                 else f"{v:.3f}")
+                out.append(f"| {LABELS[method]} | {n:,} | " + " | ".join(cells) + " |")
+        out.append("")
+    out.append("### HSM failures (galaxies where adaptive moments failed on the truth or "
+               "the estimate)\n")
+    out.append("| method | n | " + " | ".join(f"SNR {s:g}" for s in levels) + " |")
+    out.append("|---|---:|" + "---:|" * len(levels))
+    for method in methods:
+        for n in sizes:
+            cells = []
+            for s in levels:
+                r = index.get((n, s, method))
+                cells.append("–" if not r or not r["hsm"] else str(r["hsm"]["failures"]))
+            out.append(f"| {LABELS[method]} | {n:,} | " + " | ".join(cells) + " |")
+    out.append("")
+    out.append("### time (s) per run\n")
+    out.append("| method | n | " + " | ".join(f"SNR {s:g}" for s in levels) + " |")
+    out.append("|---|---:|" + "---:|" * len(levels))
+    for method in methods:
+        for n in sizes:
+            cells = []
+            for s in levels:
+                r = index.get((n, s, method))
+                cells.append("–" if not r else f"{r['facts']['seconds']:.1f}"
+                             + (f" ({r['facts']['iterations']} it)"
+                                if "iterations" in r["facts"] and method != "rl" else ""))
+            out.append(f"| {LABELS[method]} | {n:,} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def figure_vs_snr(results: dict, path: Path, methods=METHODS, title: str | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = list(results["runs"].values())
+    sizes = sorted({r["n"] for r in runs})
+    styles = ["--", "-", ":", "-."]
+    metrics = ("pixel_error", "pixel_error_window", "ellipticity_error",
+               "ellipticity_error_hsm")
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), sharex=True)
+    for ax, metric in zip(axes.ravel(), metrics, strict=True):
+        for method in methods:
+            for n, style in zip(sizes, styles, strict=False):
+                pts = sorted((r["snr"], r["summary"][metric]["median"],
+                              r["summary"][metric]["p16"], r["summary"][metric]["p84"])
+                             for r in runs if r["method"] == method and r["n"] == n)
+                if not pts:
+                    continue
+                snr, med, lo, hi = np.array(pts).T
+                ax.plot(snr, med, style, color=COLOURS[method], marker="o", ms=3,
+                        label=f"{LABELS[method]}, n={n:,}")
+                if n == max(sizes) and method in ("sparse", "lowr"):
+                    ax.fill_between(snr, lo, hi, color=COLOURS[method], alpha=0.12, lw=0)
+        ax.set_title(TITLES[metric], fontsize=10)
+        ax.set_yscale("log")
+        ax.set_xscale("log")
+        ax.set_xticks([1, 2, 3, 5, 10], ["1", "2", "3", "5", "10"])
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes[1]:
+        ax.set_xlabel("SNR")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("median over galaxies")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(sizes) * 2 + 1, fontsize=7.5,
+               frameon=False)
+    fig.suptitle(title or "galdecon vs baselines on simulated Euclid-like data "
+                 "(band: 16-84 % of galaxies, largest n)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.97))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def figure_gallery(npz: Path, path: Path, count: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = np.load(npz)
+    columns = [("observed_image", "observed")] + [
+        (m, LABELS[m]) for m in ("sparse", "lowr", "wiener", "rl") if m in data] + [
+        ("truth", "truth"), ("residual", "sparse − truth")]
+    count = min(count, len(data["truth"]))
+    fig, axes = plt.subplots(count, len(columns), figsize=(1.6 * len(columns), 1.6 * count))
+    axes = np.atleast_2d(axes)
+    for i in range(count):
+        truth = data["truth"][i]
+        vmax = truth.max()
+        for j, (key, title) in enumerate(columns):
+            image = data["sparse"][i] - truth if key == "residual" else data[key][i]
+            lim = (-vmax / 4, vmax / 4) if key == "residual" else (-0.1 * vmax, vmax)
+            axes[i, j].imshow(image[8:33, 8:33], cmap="RdBu_r" if key == "residual" else
+                              "viridis", vmin=lim[0], vmax=lim[1], interpolation="nearest")
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+            if i == 0:
+                axes[i, j].set_title(title, fontsize=7.5)
+    fig.suptitle(f"{npz.stem.replace('gallery_', '').replace('_', ', ')} "
+                 "(central 25×25 pixels; residual scale ±¼ of the peak)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def report(args) -> None:
+    results = json.loads((args.out / "quality.json").read_text())
+    text = tables(results)
+    (args.out / "quality_tables.md").write_text(text)
+    print(text)
+    args.figures.mkdir(parents=True, exist_ok=True)
+    figure_vs_snr(results, args.figures / "quality_vs_snr.png")
+    if any(r["method"] in EXTRA_METHODS for r in results["runs"].values()):
+        figure_vs_snr(results, args.figures / "quality_early_stop.png",
+                      ("sparse", "lowr") + EXTRA_METHODS,
+                      "galdecon with its convergence test (default) and without (always "
+                      "n_iter iterations per round)")
+    for npz in sorted(args.out.glob("gallery_*.npz")):
+        level = npz.stem.rsplit("snr", 1)[1]
+        if not args.gallery_snr or float(level) in args.gallery_snr:
+            figure_gallery(npz, args.figures / f"{npz.stem}.png", args.gallery)
+    print(f"figures in {args.figures}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--full", action="store_true", help="add n = 10,000")
+    parser.add_argument("--snr", type=float, nargs="+", default=[1, 2, 3, 5, 10])
+    parser.add_argument("--methods", nargs="+", choices=METHODS + EXTRA_METHODS,
+                        default=list(METHODS))
+    parser.add_argument("--seed", type=int, default=2017)
+    parser.add_argument("--n-iter", type=int, default=300,
+                        help="galdecon iterations per run and per reweighting (default 300)")
+    parser.add_argument("--rl-iter", type=int, default=baselines.RL_ITERATIONS)
+    parser.add_argument("--workers", type=int, default=None, help="simulation processes")
+    parser.add_argument("--out", type=Path, default=Path("results/quality"))
+    parser.add_argument("--figures", type=Path, default=Path("docs/figures"))
+    parser.add_argument("--gallery", type=int, default=4, help="galaxies in the gallery")
+    parser.add_argument("--gallery-snr", type=float, nargs="*", default=[2, 10])
+    parser.add_argument("--redo", action="store_true", help="rerun what quality.json holds")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    if args.full and 10000 not in args.sizes:
+        args.sizes.append(10000)
+    args.sizes.sort()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        run(args)
+    report(args)
+
+
+if __name__ == "__main__":
+    main()
