@@ -121,7 +121,8 @@ def time_iterations(images, psfs, mode, dtype, iters, threads=None, block_size=N
     history = driver.run()
     engine.close()
     per_step = history.iteration_seconds[::step][1:]  # one value per engine step
-    cpu = [(t1 - t0) / (d1 - d0) for (d0, t0), (d1, t1) in zip(marks[1:], marks[2:])]
+    cpu = [(t1 - t0) / (d1 - d0) for (d0, t0), (d1, t1)
+           in zip(marks[1:], marks[2:], strict=False)]
     return float(np.median(per_step)), per_step, float(np.median(cpu)) if cpu else np.nan
 
 

@@ -397,3 +397,40 @@ def test_standalone_cluster_equals_local(tmp_path, request):
     processes = list(cluster.processes)
     cluster.stop()
     assert all(p.poll() is not None for p in processes)
+
+
+# -- the command line and the API on Spark ---------------------------------------------------
+def test_cli_and_api_on_spark_equal_local(spark_session, example, tmp_path, capsys):
+    import galdecon
+    from galdecon.cli import main
+
+    images_path = EXAMPLE_DIR / "example_image_stack.npy"
+    psfs_path = EXAMPLE_DIR / "example_psfs.npy"
+    common = ["deconvolve", "-i", images_path, "-p", psfs_path, "--n-iter", 8,
+              "--n-reweights", 1, "--no-plots", "-q"]
+    # The CLI joins the session that is running (and leaves it running).
+    assert main([str(a) for a in common + ["-o", tmp_path / "s", "--engine", "spark",
+                                           "--pn", 3, "--sync-every", 4]]) == 0
+    assert main([str(a) for a in common + ["-o", tmp_path / "l"]]) == 0
+    assert spark_session.sparkContext._jsc is not None
+    assert relative_error(np.load(tmp_path / "s_primal.npy"),
+                          np.load(tmp_path / "l_primal.npy")) <= 1e-10
+    assert relative_error(np.load(tmp_path / "s_dual.npy"),
+                          np.load(tmp_path / "l_dual.npy")) <= 1e-10
+    spark_record = json.loads((tmp_path / "s_run.json").read_text())
+    local_record = json.loads((tmp_path / "l_run.json").read_text())
+    engine = spark_record["engine"]
+    assert engine["engine"] == "spark" and engine["partitions"] == 3
+    assert engine["sync_every"] == 4 and engine["spark_version"] == spark_session.version
+    assert spark_record["result"]["iterations_per_round"] == [8, 8]
+    assert (spark_record["result"]["iterations_per_round"]
+            == local_record["result"]["iterations_per_round"])
+    np.testing.assert_allclose(spark_record["history"]["costs"],
+                               local_record["history"]["costs"], rtol=1e-10)
+    # The API takes a session as it is.
+    images, psfs = example
+    on_spark = galdecon.deconvolve(images, psfs, engine="spark", spark=spark_session,
+                                   partitions=7, n_iter=8, n_reweights=0)
+    local = galdecon.deconvolve(images, psfs, n_iter=8, n_reweights=0)
+    assert relative_error(on_spark.primal, local.primal) <= 1e-10
+    assert on_spark.record["engine"]["partitions"] == 7

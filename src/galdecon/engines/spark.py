@@ -36,7 +36,7 @@ from functools import partial
 import numpy as np
 
 from galdecon.engines.base import Engine, block_bounds
-from galdecon.engines.spark_cluster import start_session
+from galdecon.engines.spark_cluster import active_session, start_session
 from galdecon.errors import EngineError
 from galdecon.operators.prox import gram, nuclear_norm_of, svt_factors
 from galdecon.problem import MAD_TO_SIGMA
@@ -241,7 +241,8 @@ class SparkEngine(Engine):
         parallelism. Capped at the number of galaxies.
     spark : pyspark.sql.SparkSession, optional
         An existing classic (not Spark Connect) session to use; it is left running at
-        :meth:`close`.
+        :meth:`close`. Without it the session active in this process is joined (and
+        also left running), or a new one is started (and stopped at :meth:`close`).
     app_name : str, optional
     verbose : bool, optional
         Spark's log level WARN and its progress bar instead of ERROR and silence.
@@ -277,6 +278,11 @@ class SparkEngine(Engine):
         self.checkpoint_every = int(checkpoint_every or 0)
         self.block_size = int(block_size) if block_size else None
         self._scratch = None
+        if spark is None:
+            spark = active_session()  # joined, never stopped: it is somebody else's
+            if spark is not None:
+                log.info("Spark: joining the active session (master %s)",
+                         spark.sparkContext.master)
         self._owns_session = spark is None
         if spark is None:
             self._scratch = tempfile.mkdtemp(prefix="galdecon-spark-", dir=local_dir)

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 from galdecon.errors import EngineError
 
@@ -73,10 +74,34 @@ def require_spark():
     return pyspark
 
 
+def active_session():
+    """The SparkSession already running in this process, or None (also without pyspark)."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        return None
+    return SparkSession.getActiveSession()
+
+
 def is_loopback(master: str) -> bool:
     """Whether a master URL runs everything on this machine."""
     return master.startswith("local") or re.match(
         r"spark://(127\.0\.0\.1|localhost)[:/]", master) is not None
+
+
+QUIET_LOG4J2 = """\
+rootLogger.level = error
+logger.repl.name = org.apache.spark.repl.Main
+logger.repl.level = error
+logger.gateway.name = org.apache.spark.api.python.PythonGatewayServer
+logger.gateway.level = error
+rootLogger.appenderRef.stderr.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n
+"""
 
 
 def start_session(master: str, app_name: str, scratch: str, verbose: bool = False,
@@ -125,6 +150,14 @@ def start_session(master: str, app_name: str, scratch: str, verbose: bool = Fals
         "spark.driver.memory": driver_memory,
         "spark.cleaner.referenceTracking.cleanCheckpoints": "true",
     }
+    if not verbose and "spark.driver.extraJavaOptions" not in conf:
+        # A log configuration of our own from the JVM's first line: without it Spark
+        # announces its default profile and logs at WARN until the level is set below.
+        # (Applied when this call launches the JVM, as in local mode.)
+        quiet = Path(scratch) / "log4j2-galdecon.properties"
+        quiet.write_text(QUIET_LOG4J2)
+        defaults["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={quiet.as_uri()}"
+        del defaults["spark.log.level"]  # the file sets it; the setting would announce it
     for key, value in defaults.items():
         conf.setdefault(key, value)
     builder = SparkSession.builder.master(master).appName(app_name)
@@ -134,7 +167,10 @@ def start_session(master: str, app_name: str, scratch: str, verbose: bool = Fals
         spark = builder.getOrCreate()
     except Exception as exc:
         raise EngineError(f"could not start Spark with master {master!r}: {exc}") from exc
-    spark.sparkContext.setLogLevel(conf["spark.log.level"])
+    if "spark.log.level" in conf:
+        spark.sparkContext.setLogLevel(conf["spark.log.level"])
+    elif verbose:
+        spark.sparkContext.setLogLevel(level)
     return spark
 
 

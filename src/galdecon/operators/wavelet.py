@@ -189,7 +189,7 @@ class Wavelet:
         return out
 
     def adj(self, z: np.ndarray) -> np.ndarray:
-        r"""Return :math:`\Phi^T(Z)`, shape ``(m, N0, N1)``, for ``z`` of shape ``(m, J, N0, N1)``."""
+        r"""Return :math:`\Phi^T(Z)`, shape ``(m, N0, N1)``, for ``z`` of shape (m, J, N0, N1)."""
         z = np.asarray(z, dtype=self.dtype)
         m = z.shape[0]
         out = np.empty((m,) + self.shape, dtype=self.dtype)
