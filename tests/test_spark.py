@@ -434,3 +434,5 @@ def test_cli_and_api_on_spark_equal_local(spark_session, example, tmp_path, caps
     local = galdecon.deconvolve(images, psfs, n_iter=8, n_reweights=0)
     assert relative_error(on_spark.primal, local.primal) <= 1e-10
     assert on_spark.record["engine"]["partitions"] == 7
+    assert on_spark.record["engine"]["sync_every"] == 16  # Spark's default: 4 x 4 x window
+    assert local.record["engine"]["sync_every"] == 4

@@ -175,8 +175,8 @@ def add_deconvolve_parser(sub) -> argparse.ArgumentParser:
     eng.add_argument("--partitions", "--pn", type=_positive_int, default=None,
                      help="Spark partitions (blocks); default: 2 x default parallelism")
     eng.add_argument(*_aliases("--sync-every"), type=_positive_int, default=None, metavar="K",
-                     help="iterations per synchronisation (default 4 x cost-window local, "
-                          "more on Spark); results do not depend on it")
+                     help="iterations per synchronisation (default 4 x cost-window locally, "
+                          "16 x cost-window on Spark); results do not depend on it")
     eng.add_argument("--threads", type=_positive_int, default=None,
                      help="threads of the local engine (default: available cores)")
     eng.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

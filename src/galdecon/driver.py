@@ -89,7 +89,7 @@ class Driver:
     shape : tuple of int
     sync_every : int, optional
         Iterations each block runs between synchronisations (sparse mode). Default
-        ``4 * cost_window``. Any value stops at the same iteration as 1: when the
+        ``4 * cost_window * engine.sync_multiple`` (4 locally, 16 on Spark). Any value stops at the same iteration as 1: when the
         convergence test fires inside a step, the step is replayed from its snapshot up to
         that iteration.
     progress : callable, optional
@@ -103,7 +103,8 @@ class Driver:
         self.settings = settings
         self.n_images = int(n_images)
         self.shape = (int(shape[0]), int(shape[1]))
-        self.sync_every = 4 * settings.cost_window if sync_every is None else sync_every
+        self.sync_every = (4 * settings.cost_window * engine.sync_multiple if sync_every is None
+                           else sync_every)
         if isinstance(self.sync_every, bool) or not isinstance(self.sync_every, numbers.Integral) \
                 or self.sync_every < 1:
             raise ConfigError(f"option sync_every={sync_every!r}: expected an integer >= 1")

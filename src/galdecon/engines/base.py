@@ -33,6 +33,9 @@ class Engine(abc.ABC):
     """Where the blocks of a run live (see module docstring for the contract)."""
 
     name = "engine"
+    #: Default synchronisation interval, in units of ``4 * cost_window`` (the interval at
+    #: which the convergence test can fire): an engine whose syncs are costly asks for more.
+    sync_multiple = 1
 
     @abc.abstractmethod
     def scatter(self, arrays: dict, n_images: int) -> None:

@@ -269,6 +269,10 @@ class SparkEngine(Engine):
     """
 
     name = "spark"
+    # Each sync is a Spark job that passes every block through the JVM (SPARK_NOTES);
+    # K = 16 brings Spark local[2] within ~10% of the local engine at n = 10,000
+    # (benchmarks/spark_overhead.py), where K = 4 costs ~35% more.
+    sync_multiple = 4
 
     def __init__(self, master: str = "local[2]", partitions: int | None = None, spark=None,
                  app_name: str = "galdecon", verbose: bool = False, checkpoint_every: int = 20,
