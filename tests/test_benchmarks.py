@@ -1,10 +1,12 @@
 """Smoke-sized runs of the benchmark scripts, so that they cannot rot."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -42,3 +44,43 @@ def test_iteration_benchmark_smoke(tmp_path):
     rows = [line for line in stdout.splitlines() if line.startswith("| sparse")
             or line.startswith("| lowr")]
     assert len(rows) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_paper_benchmark_smoke(tmp_path):
+    """galdecon bench end to end on 120 galaxies: every figure and table, sane values."""
+    pytest.importorskip("galsim")
+    from spark_fixtures import spark_or_skip
+
+    spark_or_skip()
+    out = tmp_path / "bench"
+    stdout = run_script("paper.py", "-o", out, "-n", 120, "--partitions", 2, 3, "--sync", 1, 4,
+                        "--timing-iterations", 4, "--lowr-timing-iterations", 2,
+                        "--iterations", 8, "--loop-subset", 6, "--loop-iterations", 1,
+                        "--driver-memory", "1g", "--sample-seconds", 0.2, cwd=tmp_path)
+    result = json.loads((out / "bench.json").read_text())
+    rows = {(r["engine"], r["mode"], r["partitions"], r["sync"]): r for r in result["fig2"]}
+    assert set(rows) == {("local", "sparse", 1, 1), ("local", "sparse", 1, 4),
+                         ("local", "lowr", 1, 1)} | {
+        ("spark", "sparse", n, k) for n in (2, 3) for k in (1, 4)} | {
+        ("spark", "lowr", n, 1) for n in (2, 3)}
+    assert all(r["median_s"] > 0 and r["std_s"] >= 0 for r in rows.values())
+    # the full runs: 8 iterations each, the same costs on both engines
+    local, spark = result["fig4"]
+    assert local["iterations"] == spark["iterations"] == 8
+    np.testing.assert_allclose(spark["costs"], local["costs"], rtol=1e-10)
+    assert np.all(np.diff(local["elapsed_s"]) >= 0)
+    # disk and memory were sampled, per run
+    assert len(result["fig3"]) == 7 and all(len(r["samples"]) >= 2 for r in result["fig3"])
+    peaks = rows[("spark", "sparse", 2, 4)]["peaks"]["driver"]
+    assert peaks["jvm_rss_mib"] > 50 and peaks["python_rss_mib"] > 20
+    # the per-galaxy loop is slower per galaxy than the batched engine
+    assert result["loop"]["subset"] == 6 and result["loop"]["speedup"] > 1
+    assert result["machine"]["cpus"] == os.cpu_count()
+    for name in ("fig2_time_per_iteration.png", "fig3_disk_memory.png",
+                 "fig4_cost_vs_time.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert "Time per iteration" in (out / "summary.md").read_text()
+    assert (out / "bench.csv").read_text().count("\n") == len(rows) + 1
+    assert "results in" in stdout

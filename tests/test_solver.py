@@ -363,3 +363,21 @@ def test_sparse_iterate_in_chunks_equals_one_galaxy_at_a_time(example_images, ex
         np.testing.assert_allclose(whole.primal[i], alone.primal[0], rtol=1e-11, atol=1e-16)
         np.testing.assert_allclose(whole.dual[i], alone.dual[0], rtol=1e-11, atol=1e-16)
     assert costs[-1] == pytest.approx(cost_ref(whole, problem), rel=1e-11)
+
+
+def test_reference_style_loop_equals_the_batched_solver(small_stack):
+    from galdecon.reference_loop import ReferenceLoop
+
+    images, psfs = small_stack
+    settings = Settings()  # starlet, periodic
+    block, problem = make_block(images, psfs, settings)
+    filters = atrous_filters(images.shape[1:], settings.n_scales, settings.wavelet)
+    loop = ReferenceLoop(images, psfs, filters, block.weights, problem.tau, problem.sigma,
+                         settings.relax)
+    primal, dual = block.primal, block.dual
+    for _ in range(3):
+        primal, dual, cost = loop.iterate(primal, dual)
+    batched, costs = sparse_iterate(block, problem, 3)
+    np.testing.assert_allclose(primal, batched.primal, rtol=1e-11, atol=1e-15)
+    np.testing.assert_allclose(dual, batched.dual, rtol=1e-11, atol=1e-15)
+    assert cost == pytest.approx(costs[-1], rel=1e-11)

@@ -243,7 +243,7 @@ def test_reweighting_round_equals_local(spark_session, example):
     assert engine.gather("weights").shape == (100, 3, 41, 41)  # per-pixel after reweighting
 
 
-@pytest.mark.parametrize("partitions", [1, 7])
+@pytest.mark.parametrize("partitions", [1, 3, 7, 100])
 def test_low_rank_equals_local(spark_session, example, partitions):
     images, psfs = example
     settings = Settings(mode="lowr", n_iter=12, tolerance=0.0)

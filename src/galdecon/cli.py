@@ -208,14 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_science.add_simulate_parser(sub)
     cli_science.add_evaluate_parser(sub)
+    from galdecon import cli_bench
+
+    cli_bench.add_bench_parser(sub)
     return parser
 
 
 def _command(name: str):
-    from galdecon import cli_science
+    from galdecon import cli_bench, cli_science
 
     return {"deconvolve": run_deconvolve, "simulate": cli_science.run_simulate,
-            "evaluate": cli_science.run_evaluate}[name]
+            "evaluate": cli_science.run_evaluate, "bench": cli_bench.run_bench_command}[name]
 
 
 class ProgressBar:

@@ -89,9 +89,9 @@ class Driver:
     shape : tuple of int
     sync_every : int, optional
         Iterations each block runs between synchronisations (sparse mode). Default
-        ``4 * cost_window * engine.sync_multiple`` (4 locally, 16 on Spark). Any value stops at the same iteration as 1: when the
-        convergence test fires inside a step, the step is replayed from its snapshot up to
-        that iteration.
+        ``4 * cost_window * engine.sync_multiple`` (4 locally, 16 on Spark). Any value
+        stops at the same iteration as 1: when the convergence test fires inside a step,
+        the step is replayed from its snapshot up to that iteration.
     progress : callable, optional
         Called as ``progress(done, planned, cost)`` after every synchronisation.
     """

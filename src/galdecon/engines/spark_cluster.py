@@ -214,12 +214,20 @@ class StandaloneCluster:
         """The master URL, ``spark://127.0.0.1:PORT``."""
         return f"spark://127.0.0.1:{self.port}"
 
-    def _spawn(self, args: list, name: str) -> subprocess.Popen:
+    def worker_dir(self, index: int) -> str:
+        """Work directory of worker ``index`` (executor logs, and ``local/`` for blocks)."""
+        return os.path.join(self.workdir, f"worker{index}")
+
+    def worker_processes(self) -> list[subprocess.Popen]:
+        """The worker JVM processes, in worker order."""
+        return self.processes[1:]
+
+    def _spawn(self, args: list, name: str, env: dict | None = None) -> subprocess.Popen:
         pyspark = require_spark()
         home = os.path.dirname(pyspark.__file__)
         env = dict(os.environ, SPARK_HOME=home, SPARK_LOCAL_IP="127.0.0.1",
                    PYSPARK_PYTHON=os.environ.get("PYSPARK_PYTHON", sys.executable),
-                   SPARK_LOG_DIR=self.workdir, SPARK_WORKER_DIR=self.workdir)
+                   SPARK_LOG_DIR=self.workdir, SPARK_WORKER_DIR=self.workdir, **(env or {}))
         logfile = open(os.path.join(self.workdir, f"{name}.log"), "wb")  # noqa: SIM115
         try:
             # A session of its own, so stop() can signal the JVM and its children together.
@@ -261,12 +269,15 @@ class StandaloneCluster:
                         "master")
             self._wait(lambda s: s.get("status") == "ALIVE", "master")
             for index in range(self.n_workers):
-                work = os.path.join(self.workdir, f"worker{index}")
-                os.makedirs(work, exist_ok=True)
+                work = self.worker_dir(index)
+                os.makedirs(os.path.join(work, "local"), exist_ok=True)
+                # Executors keep shuffle, spill and block files under the worker's own
+                # local dir, so the disk each worker uses can be measured apart.
                 self._spawn(["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
                              "--cores", str(self.cores), "--memory", self.memory,
                              "--work-dir", work, "--webui-port", str(free_port()), self.url],
-                            f"worker{index}")
+                            f"worker{index}",
+                            env={"SPARK_LOCAL_DIRS": os.path.join(work, "local")})
             self._wait(lambda s: sum(w.get("state") == "ALIVE" for w in s.get("workers", []))
                        >= self.n_workers, "workers")
         except BaseException:
