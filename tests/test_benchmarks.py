@@ -78,9 +78,28 @@ def test_paper_benchmark_smoke(tmp_path):
     # the per-galaxy loop is slower per galaxy than the batched engine
     assert result["loop"]["subset"] == 6 and result["loop"]["speedup"] > 1
     assert result["machine"]["cpus"] == os.cpu_count()
+    assert 0 < result["floor"]["floor_s"] and result["floor"]["measured_s"] > 0
     for name in ("fig2_time_per_iteration.png", "fig3_disk_memory.png",
                  "fig4_cost_vs_time.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert "Time per iteration" in (out / "summary.md").read_text()
     assert (out / "bench.csv").read_text().count("\n") == len(rows) + 1
     assert "results in" in stdout
+
+
+def test_floor_counts_and_arithmetic():
+    from galdecon.floor import floor_estimate, iteration_flops
+
+    flops = iteration_flops(41, 3)
+    # one transform: real 41×41·41×42 (2 flops a MAC) + complex 41×41·41×21 (8 a MAC)
+    assert flops["dft_forward"] == 2 * 41 * 41 * 42 + 8 * 41 * 41 * 21 == 423_612
+    # Φ: 41×41·41×123 then three 41×41·41×41 products
+    assert flops["wavelet"] == 2 * 41 * 41 * 123 + 3 * 2 * 41**3 == 827_052
+    assert flops["total"] == sum(v for k, v in flops.items() if k != "total")
+    rates = {"dense_dft_s_per_stamp": 2e-5, "wavelet_s_per_stamp": 3e-5,
+             "memory_gb_per_s": 10.0}
+    floor = floor_estimate(1000, 2, 0.05, rates=rates, state_bytes_per_galaxy=1e5, sync=4)
+    assert floor["compute_floor_s"] == pytest.approx(1000 * 5e-5 / 2)
+    assert floor["memory_floor_s"] == pytest.approx(2 * 1000 * 1e5 / 4 / 1e10)
+    assert floor["fraction_of_floor"] == pytest.approx(0.025 / 0.05)
+    assert floor["achieved_gflops"] == pytest.approx(1000 * flops["total"] / 0.05 / 1e9)

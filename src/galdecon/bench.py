@@ -319,6 +319,15 @@ def run_bench(config: BenchConfig, out: Path, say=print) -> dict:
                                               config.loop_iterations, best_local, n)
         say(f"  per-galaxy loop (reference style): {result['loop']['per_galaxy_loop_s'] * 1e3:.2f}"
             f" ms per galaxy per iteration, {result['loop']['speedup']:.0f}x the local engine")
+    if local_sparse:
+        from galdecon.floor import floor_estimate
+
+        best_local = min(r["median_s"] for r in local_sparse)
+        result["floor"] = floor_estimate(n, os.cpu_count() or 1, best_local,
+                                         size=images.shape[1])
+        say(f"  floor of a sparse iteration here: {result['floor']['floor_s']:.3f} s; the "
+            f"local engine takes {best_local:.3f} s "
+            f"({100 * result['floor']['fraction_of_floor']:.0f}% of the way there)")
     write_outputs(result, out)
     return result
 
@@ -455,6 +464,21 @@ def summary(result: dict) -> str:
                 text.append(f"| {r['mode']} | {r['partitions']} | {r['sync']} | {group} | "
                             f"{p['disk_mib']:.0f} | {p['written_mib']:.0f} | "
                             f"{p['jvm_rss_mib']:.0f} | {p['python_rss_mib']:.0f} |")
+    floor = result.get("floor")
+    if floor:
+        r = floor["rates"]
+        text += ["", "## The floor", "",
+                 f"{floor['flops_per_iteration'] / 1e9:.1f} GFLOP per sparse iteration "
+                 f"({floor['flops_per_stamp']['total'] / 1e6:.2f} MFLOP per stamp). One core "
+                 f"runs the solver's products at {r['dense_dft_gflops']:.1f} GFLOP/s (DFTs) "
+                 f"and {r['wavelet_gflops']:.1f} GFLOP/s (Φ, Φᵀ); scipy.fft takes "
+                 f"{r['scipy_fft_s_per_stamp'] * 1e6:.1f} µs per stamp for what the dense "
+                 f"DFTs do in {r['dense_dft_s_per_stamp'] * 1e6:.1f} µs; memory copies at "
+                 f"{r['memory_gb_per_s']:.1f} GB/s. Floor on {floor['cores']} cores: "
+                 f"compute {floor['compute_floor_s']:.3f} s, memory "
+                 f"{floor['memory_floor_s']:.3f} s per iteration; measured "
+                 f"{floor['measured_s']:.3f} s ({floor['achieved_gflops']:.1f} GFLOP/s, "
+                 f"{100 * floor['fraction_of_floor']:.0f}% of the floor's speed)."]
     loop = result.get("loop")
     if loop:
         text += ["", "## Against a per-galaxy loop (reference style)", "",
