@@ -168,7 +168,8 @@ def tables(results: dict, statistic: str = "median") -> str:
                     v = r["summary"].get(metric, {}).get(statistic) if r else None
                     cells.append("–" if v is None else f"{v:.2f}" if metric == "psnr"
                                  else f"{v:.3f}")
-                out.append(f"| {LABELS[method]} | {n:,} | " + " | ".join(cells) + " |")
+                if set(cells) != {"–"}:  # a size this method was not run at
+                    out.append(f"| {LABELS[method]} | {n:,} | " + " | ".join(cells) + " |")
         out.append("")
     out.append("### HSM failures (galaxies where adaptive moments failed on the truth or "
                "the estimate)\n")
@@ -180,7 +181,8 @@ def tables(results: dict, statistic: str = "median") -> str:
             for s in levels:
                 r = index.get((n, s, method))
                 cells.append("–" if not r or not r["hsm"] else str(r["hsm"]["failures"]))
-            out.append(f"| {LABELS[method]} | {n:,} | " + " | ".join(cells) + " |")
+            if any(index.get((n, s, method)) for s in levels):
+                out.append(f"| {LABELS[method]} | {n:,} | " + " | ".join(cells) + " |")
     out.append("")
     out.append("### time (s) per run\n")
     out.append("| method | n | " + " | ".join(f"SNR {s:g}" for s in levels) + " |")
@@ -193,7 +195,8 @@ def tables(results: dict, statistic: str = "median") -> str:
                 cells.append("–" if not r else f"{r['facts']['seconds']:.1f}"
                              + (f" ({r['facts']['iterations']} it)"
                                 if "iterations" in r["facts"] and method != "rl" else ""))
-            out.append(f"| {LABELS[method]} | {n:,} | " + " | ".join(cells) + " |")
+            if any(index.get((n, s, method)) for s in levels):
+                out.append(f"| {LABELS[method]} | {n:,} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -232,11 +235,14 @@ def figure_vs_snr(results: dict, path: Path, methods=METHODS, title: str | None 
     for ax in axes[:, 0]:
         ax.set_ylabel("median over galaxies")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(sizes) * 2 + 1, fontsize=7.5,
+    # One legend column per method (matplotlib fills columns first: a method's sizes).
+    columns = max(1, len({label.rsplit(", n=", 1)[0] for label in labels}))
+    rows = -(-len(labels) // columns)
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=7.5,
                frameon=False)
     fig.suptitle(title or "galdecon vs baselines on simulated Euclid-like data "
                  "(band: 16-84 % of galaxies, largest n)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.02 + 0.025 * rows, 1, 0.97))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
