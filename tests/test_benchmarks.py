@@ -73,8 +73,13 @@ def test_paper_benchmark_smoke(tmp_path):
     assert np.all(np.diff(local["elapsed_s"]) >= 0)
     # disk and memory were sampled, per run
     assert len(result["fig3"]) == 7 and all(len(r["samples"]) >= 2 for r in result["fig3"])
-    peaks = rows[("spark", "sparse", 2, 4)]["peaks"]["driver"]
-    assert peaks["jvm_rss_mib"] > 50 and peaks["python_rss_mib"] > 20
+    from galdecon.bench import peaks
+
+    run = next(r for r in result["fig3"] if (r["mode"], r["partitions"], r["sync"])
+               == ("sparse", 2, 4))
+    driver = peaks(run["samples"])["driver"]
+    assert driver["jvm_rss_mib"] > 50 and driver["python_rss_mib"] > 20
+    assert 0 <= driver["written_mib"] < 1000
     # the per-galaxy loop is slower per galaxy than the batched engine
     assert result["loop"]["subset"] == 6 and result["loop"]["speedup"] > 1
     assert result["machine"]["cpus"] == os.cpu_count()
@@ -85,6 +90,10 @@ def test_paper_benchmark_smoke(tmp_path):
     assert "Time per iteration" in (out / "summary.md").read_text()
     assert (out / "bench.csv").read_text().count("\n") == len(rows) + 1
     assert "results in" in stdout
+    # the report again from bench.json alone
+    (out / "summary.md").unlink()
+    run_script("paper.py", "-o", out, "--report-only", cwd=tmp_path)
+    assert "Disk and memory per Spark run" in (out / "summary.md").read_text()
 
 
 def test_floor_counts_and_arithmetic():
@@ -103,3 +112,14 @@ def test_floor_counts_and_arithmetic():
     assert floor["memory_floor_s"] == pytest.approx(2 * 1000 * 1e5 / 4 / 1e10)
     assert floor["fraction_of_floor"] == pytest.approx(0.025 / 0.05)
     assert floor["achieved_gflops"] == pytest.approx(1000 * flops["total"] / 0.05 / 1e9)
+
+
+@pytest.mark.spark
+def test_spark_long_run_smoke(tmp_path):
+    from spark_fixtures import spark_or_skip
+
+    spark_or_skip()
+    stdout = run_script("spark_long_run.py", "-n", 40, "--iterations", 20, "--stretch", 10,
+                        "--partitions", 2, cwd=tmp_path)
+    rows = [line for line in stdout.splitlines() if line.startswith("| 1") and "–" in line]
+    assert len(rows) == 2 and "last/first stretch median" in stdout

@@ -29,6 +29,8 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(*_aliases("-o", "--output"), required=True, metavar="OUT",
                    help="directory for the results (made if missing)")
     p.add_argument("--overwrite", action="store_true", help="replace existing results")
+    p.add_argument("--report-only", action="store_true",
+                   help="redo the figures, CSV and summary from OUT/bench.json")
     data = p.add_argument_group("data")
     data.add_argument("-n", "--n-galaxies", type=_positive_int, default=d.n,
                       help="galaxies to simulate (per-object PSFs), or to take from --data")
@@ -69,9 +71,14 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
 
 def run_bench_command(args) -> int:
     """``galdecon bench``: measure and write."""
-    from galdecon.bench import run_bench
+    from galdecon.bench import rewrite_report, run_bench
 
     out = Path(args.output)
+    if args.report_only:
+        rewrite_report(out)
+        if not args.quiet:
+            print((out / "summary.md").read_text())
+        return 0
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --output expects a directory")
     if args.data and not Path(args.data).is_file():
