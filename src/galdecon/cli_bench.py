@@ -71,7 +71,8 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
 
 def run_bench_command(args) -> int:
     """``galdecon bench``: measure and write."""
-    from galdecon.bench import rewrite_report, run_bench
+    from galdecon.bench import run_bench
+    from galdecon.bench_report import rewrite_report
 
     out = Path(args.output)
     if args.report_only:

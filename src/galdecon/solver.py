@@ -313,12 +313,6 @@ def _relax(new: np.ndarray, old: np.ndarray, rho: float) -> np.ndarray:
     return new
 
 
-def band_weights(weights: np.ndarray, dtype) -> np.ndarray:
-    """Return weights shaped to broadcast against (m, J, N0, N1)."""
-    weights = np.asarray(weights, dtype=dtype)
-    return weights[:, :, None, None] if weights.ndim == 2 else weights
-
-
 def sparse_iterate(block: Block, problem: Problem, n_iter: int,
                    cost_mask=None) -> tuple[Block, np.ndarray]:
     """Run ``n_iter`` sparse Condat–Vũ iterations on a block.
