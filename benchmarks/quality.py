@@ -155,49 +155,38 @@ def tables(results: dict, statistic: str = "median") -> str:
     levels = sorted({r["snr"] for r in runs})
     methods = [m for m in METHODS + EXTRA_METHODS if any(r["method"] == m for r in runs)]
     index = {(r["n"], r["snr"], r["method"]): r for r in runs}
-    out = []
-    for metric in TABLE_METRICS:
-        out.append(f"### {TITLES[metric]} ({statistic})\n")
-        out.append("| method | n | " + " | ".join(f"SNR {s:g}" for s in levels) + " |")
-        out.append("|---|---:|" + "---:|" * len(levels))
+
+    def table(title: str, cell) -> list[str]:
+        """One row per method and size that was run; ``cell(run)`` formats one run."""
+        rows = [f"### {title}\n",
+                "| method | n | " + " | ".join(f"SNR {s:g}" for s in levels) + " |",
+                "|---|---:|" + "---:|" * len(levels)]
         for method in methods:
             for n in sizes:
-                cells = []
-                for s in levels:
-                    r = index.get((n, s, method))
-                    v = r["summary"].get(metric, {}).get(statistic) if r else None
-                    cells.append("–" if v is None else f"{v:.2f}" if metric == "psnr"
-                                 else f"{v:.3f}")
+                found = [index.get((n, s, method)) for s in levels]
+                cells = ["–" if r is None else cell(r) for r in found]
                 if set(cells) != {"–"}:  # a size this method was not run at
-                    out.append(f"| {LABELS[method]} | {n:,} | " + " | ".join(cells) + " |")
-        out.append("")
-    out.append("### HSM failures (galaxies where adaptive moments failed on the truth or "
-               "the estimate)\n")
-    out.append("| method | n | " + " | ".join(f"SNR {s:g}" for s in levels) + " |")
-    out.append("|---|---:|" + "---:|" * len(levels))
-    for method in methods:
-        for n in sizes:
-            cells = []
-            for s in levels:
-                r = index.get((n, s, method))
-                cells.append("–" if not r or not r["hsm"] else str(r["hsm"]["failures"]))
-            if any(index.get((n, s, method)) for s in levels):
-                out.append(f"| {LABELS[method]} | {n:,} | " + " | ".join(cells) + " |")
-    out.append("")
-    out.append("### time (s) per run\n")
-    out.append("| method | n | " + " | ".join(f"SNR {s:g}" for s in levels) + " |")
-    out.append("|---|---:|" + "---:|" * len(levels))
-    for method in methods:
-        for n in sizes:
-            cells = []
-            for s in levels:
-                r = index.get((n, s, method))
-                cells.append("–" if not r else f"{r['facts']['seconds']:.1f}"
-                             + (f" ({r['facts']['iterations']} it)"
-                                if "iterations" in r["facts"] and method != "rl" else ""))
-            if any(index.get((n, s, method)) for s in levels):
-                out.append(f"| {LABELS[method]} | {n:,} | " + " | ".join(cells) + " |")
-    return "\n".join(out) + "\n"
+                    rows.append(f"| {LABELS[method]} | {n:,} | " + " | ".join(cells) + " |")
+        return rows + [""]
+
+    def metric_cell(metric):
+        def cell(r):
+            v = r["summary"].get(metric, {}).get(statistic)
+            return "–" if v is None else f"{v:.2f}" if metric == "psnr" else f"{v:.3f}"
+        return cell
+
+    def time_cell(r):
+        facts = r["facts"]
+        shown = "iterations" in facts and r["method"] != "rl"
+        return f"{facts['seconds']:.1f}" + (f" ({facts['iterations']} it)" if shown else "")
+
+    out = []
+    for metric in TABLE_METRICS:
+        out += table(f"{TITLES[metric]} ({statistic})", metric_cell(metric))
+    out += table("HSM failures (galaxies where adaptive moments failed on the truth or the "
+                 "estimate)", lambda r: str(r["hsm"]["failures"]) if r["hsm"] else "–")
+    out += table("time (s) per run", time_cell)
+    return "\n".join(out[:-1]) + "\n"
 
 
 def figure_vs_snr(results: dict, path: Path, methods=METHODS, title: str | None = None) -> None:

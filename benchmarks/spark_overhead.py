@@ -22,10 +22,9 @@ import time
 import numpy as np
 import scipy.fft as sfft
 
-from galdecon.driver import Driver
+from galdecon.bench import iteration_stats, timed_run, timing_settings
 from galdecon.engines.local import LocalEngine
 from galdecon.engines.spark import SparkEngine
-from galdecon.problem import Settings
 
 
 def make_stack(n: int, size: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -57,15 +56,8 @@ def make_stack(n: int, size: int, rng) -> tuple[np.ndarray, np.ndarray]:
 
 def seconds_per_iteration(engine, images, psfs, sync: int, syncs: int) -> float:
     """Median seconds per iteration over ``syncs`` timed syncs after one warm-up sync."""
-    n = len(images)
-    engine.scatter({"images": images, "psfs": psfs, "primal": None}, n)
-    settings = Settings(mode="sparse", n_iter=(syncs + 1) * sync, tolerance=0.0,
-                        n_reweights=0)
-    driver = Driver(engine, settings, n, images.shape[1:], sync_every=sync)
-    driver.setup()
-    history = driver.run()
-    per_sync = history.iteration_seconds[::sync][1:]  # one entry per sync, warm-up dropped
-    return statistics.median(per_sync)
+    run = timed_run(engine, images, psfs, timing_settings("sparse", (syncs + 1) * sync), sync)
+    return iteration_stats(run, warm_up=sync)["median_s"]
 
 
 def main(argv=None) -> int:

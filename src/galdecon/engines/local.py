@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from galdecon.engines.base import Engine, block_bounds
-from galdecon.operators.prox import gram, nuclear_norm_of, svt_factors
+from galdecon.operators.prox import gram, low_rank_form, nuclear_norm_of, svt_factors
 from galdecon.problem import mad_sigma
 from galdecon.solver import Block
 from galdecon.threads import blas_single_thread
@@ -101,11 +101,9 @@ class LocalEngine(Engine):
                               dtype=np.float64)
 
     def _low_rank_form(self, getter) -> tuple[str, np.ndarray]:
-        # Rows of `rows` are galaxies (Mᵀ, n × p). The smaller exact form is used, chosen as
-        # every engine chooses it: the rows when n < p, else the p × p Gram.
-        rows = self._matrix(getter)
-        n, p = rows.shape
-        return ("rows", rows) if n < p else ("gram", gram(rows))
+        rows = self._matrix(getter)  # Mᵀ: one row per galaxy
+        form = low_rank_form(*rows.shape)
+        return form, rows if form == "rows" else gram(rows)
 
     def low_rank_factors(self, getter, threshold: float, kind: str):
         form, matrix = self._low_rank_form(getter)

@@ -38,7 +38,7 @@ import numpy as np
 from galdecon.engines.base import Engine, block_bounds
 from galdecon.engines.spark_cluster import active_session, start_session
 from galdecon.errors import EngineError
-from galdecon.operators.prox import gram, nuclear_norm_of, svt_factors
+from galdecon.operators.prox import gram, low_rank_form, nuclear_norm_of, svt_factors
 from galdecon.problem import MAD_TO_SIGMA
 from galdecon.solver import Block
 
@@ -519,14 +519,13 @@ class SparkEngine(Engine):
 
     # -- low rank -----------------------------------------------------------------------
     def _gram_or_rows(self, getter):
-        """Return the smaller exact Gram form, chosen as the local engine chooses it.
+        """Return the exact form :func:`~galdecon.operators.prox.low_rank_form` picks.
 
-        ``("rows", M^T)`` (n×p) when n < p — collecting it is smaller than one p×p Gram —
-        else ``("gram", Σ per-block p×p Grams)``, tree-aggregated over the partitions.
+        ``("rows", M^T)`` collected (n×p, smaller than one p×p Gram), or
+        ``("gram", Σ per-block p×p Grams)``, tree-aggregated over the partitions.
         """
         rdd = self._require().rdd
-        n, p = self._bounds[-1][1], self._stamp_pixels
-        if n < p:
+        if low_rank_form(self._bounds[-1][1], self._stamp_pixels) == "rows":
             rows = rdd.mapPartitions(partial(_rows_partition, getter=getter)).collect()
             return "rows", np.concatenate(rows, axis=0)
         depth = max(2, int(np.ceil(np.log2(max(2, self.n_partitions)) / 2)))

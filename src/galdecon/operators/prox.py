@@ -135,6 +135,16 @@ def kept_eigenpairs(gram_matrix: np.ndarray, threshold: float, kind: str = "hard
     return vectors[:, keep], shrunk[keep] / values[keep]
 
 
+def low_rank_form(n: int, p: int) -> str:
+    """Which exact form of the data every engine hands to :func:`svt_factors`.
+
+    ``'rows'`` (the n × p matrix itself) when n < p — smaller than a p × p Gram, and
+    exact where the Gram's null eigenvalues are not — else ``'gram'``. One rule for all
+    engines: the two forms round differently.
+    """
+    return "rows" if n < p else "gram"
+
+
 def svt_factors(form: str, matrix: np.ndarray, threshold: float,
                 kind: str = "hard") -> tuple[np.ndarray, np.ndarray]:
     r"""Return ``(basis, scale)`` of the global SVT from either exact form of the data.
