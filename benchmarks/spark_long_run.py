@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     seconds = history.iteration_seconds
     print(f"n={args.n_images}, Spark {facts['spark_version']} {args.master}, "
           f"N={args.partitions}, K={args.sync}, {len(seconds)} iterations, lineage cut "
-          f"every {facts['checkpoint_every']} maps\n")
+          f"every {facts['lineage_every']} maps\n")
     print("| iterations | median s/it | driver MiB | JVM MiB | workers MiB |")
     print("|---|---:|---:|---:|---:|")
     for done, _, mem in rows:

@@ -79,10 +79,14 @@ def assert_rel_close(actual, desired, rtol):
 
 
 def assert_same(actual, desired, rtol=1e-12):
-    """Equal up to rounding: ``rtol`` relative to each value and to the largest one."""
+    """Equal up to rounding: ``rtol`` relative to each value, ``10 rtol`` to the largest one.
+
+    (Other blockings sum in other orders: after a few dozen iterations values ~1e5 times
+    smaller than the largest differ by a few ulps of the largest, on some CPUs.)
+    """
     assert actual.shape == desired.shape and actual.dtype == desired.dtype
     np.testing.assert_allclose(actual, desired, rtol=rtol,
-                               atol=rtol * float(np.max(np.abs(desired))))
+                               atol=10 * rtol * float(np.max(np.abs(desired))))
 
 
 # --------------------------------------------------------------------------------------
@@ -413,7 +417,12 @@ def test_identity_psf_without_regularisation_converges_to_the_data(example_image
     _, history, out = run(images, np.ones((1, 1)), settings)
     np.testing.assert_array_equal(out["weights0"], 0.0)
     limit = np.maximum(images, 0) if positivity else images
-    np.testing.assert_allclose(out["primal"], limit, rtol=0, atol=1e-12)
+    # The test may fire before n_iter once the costs stop changing in floating point
+    # (|t1 − t2| = 0 <= tolerance): the distance to the limit is then (1 − ρτ)^k |1 − Y|.
+    k = sum(history.iterations_per_round)
+    bound = 1.5 * 0.6 ** k * np.max(np.abs(1 - images)) + 1e-12
+    assert bound < 1e-7
+    np.testing.assert_allclose(out["primal"], limit, rtol=0, atol=bound)
     if not positivity:
         k = np.arange(1, 21)
         expected = 0.5 * 0.6 ** (2 * k) * np.sum((1 - images) ** 2)
@@ -430,7 +439,11 @@ def test_identity_psf_low_rank_with_zero_threshold_converges_to_the_data(example
                         noise_est=1.0)
     driver, history, out = run(images, np.ones((1, 1)), settings)
     assert driver.problem.lowr_lambda == 0.0
-    np.testing.assert_allclose(out["primal"], np.maximum(images, 0), rtol=0, atol=1e-12)
+    # as above, the test may fire once the costs are constant in floating point
+    k = sum(history.iterations_per_round)
+    bound = 1.5 * 0.6 ** k * np.max(np.abs(1 - images)) + 1e-12
+    assert bound < 1e-7
+    np.testing.assert_allclose(out["primal"], np.maximum(images, 0), rtol=0, atol=bound)
     np.testing.assert_allclose(out["dual"], 0.0, atol=1e-12)
     assert history.costs[-1] == pytest.approx(0.5 * np.sum(np.minimum(images, 0) ** 2),
                                               rel=1e-10)

@@ -304,7 +304,7 @@ def test_map_computes_each_tile_once(spark_session, example):
 
 def test_three_hundred_maps_keep_lineage_short(spark_session, example):
     images, psfs = example
-    engine = spark_engine(spark_session, partitions=2, checkpoint_every=20)
+    engine = spark_engine(spark_session, partitions=2, lineage_every=20)
     settings = Settings(n_iter=300, tolerance=0.0, n_reweights=0, cost_window=4)
     _, _, history, _ = deconvolve(engine, images[:4], psfs[:4], settings, sync_every=1)
     assert history.iterations_per_round == [300]

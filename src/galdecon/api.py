@@ -12,17 +12,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from galdecon import checkpoint as ckpt
 from galdecon import io
 from galdecon.driver import Driver
 from galdecon.engines import make_engine
-from galdecon.errors import ConfigError
+from galdecon.errors import ConfigError, EngineError, GalDeconError, RunInterrupted
+from galdecon.interrupt import StopRequest
 from galdecon.metrics import evaluate
 from galdecon.problem import Settings
 
 log = logging.getLogger("galdecon")
 
 ENGINE_OPTIONS = ("master", "partitions", "spark", "threads", "block_size", "n_blocks",
-                  "checkpoint_every", "verbose", "local_dir")
+                  "lineage_every", "verbose", "local_dir")
 
 
 @dataclass
@@ -102,6 +104,9 @@ def split_options(options: dict) -> tuple[dict, dict]:
 def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "local",
                sync_every: int | None = None, kernel: float | None = None, progress=None,
                settings: Settings | None = None, input_names: dict | None = None,
+               checkpoint=None, checkpoint_every: int | None = None,
+               checkpoint_extra: dict | None = None, resume=None,
+               stop: StopRequest | None = None, recoveries: int = 2,
                **options) -> Result:
     r"""Deconvolve a stack of galaxy stamps from their PSFs.
 
@@ -130,6 +135,24 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
         A complete settings object (keyword options then override its fields).
     input_names : dict, optional
         File names for error messages and the record.
+    checkpoint : path, optional
+        Directory to write checkpoints to (see :mod:`galdecon.checkpoint`); none without.
+    checkpoint_every : int, optional
+        Iterations between checkpoints; 0 writes one only when stopped; default: every
+        ten minutes of run time.
+    checkpoint_extra : dict, optional
+        JSON-friendly facts stored in every checkpoint (the command line's options).
+    resume : path or Checkpoint, optional
+        Continue the run saved there: the images, PSFs and settings must be those it was
+        started with; the result is that of the uninterrupted run (bit for bit on the
+        same engine).
+    stop : StopRequest, optional
+        When it is set (e.g. by a signal handler), the run stops at its last complete
+        synchronisation, writes a checkpoint (when ``checkpoint`` is given) and raises
+        :class:`~galdecon.errors.RunInterrupted`.
+    recoveries : int
+        On an engine that can lose workers (Spark), how many times a failed run is
+        restarted from its last checkpoint (or its start) before the error is raised.
     **options
         Any :class:`~galdecon.problem.Settings` field (``mode``, ``wavelet``, ``n_iter``,
         ``tolerance``, ``n_reweights``, ``positivity``, ...) and engine options
@@ -142,7 +165,11 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
     Raises
     ------
     InputError, ConfigError
-        Invalid data or options.
+        Invalid data or options, or a checkpoint that does not match them.
+    RunInterrupted
+        ``stop`` was set.
+    EngineError
+        The engine failed more than ``recoveries`` times.
 
     Examples
     --------
@@ -160,13 +187,55 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
     data = prepare_inputs(images, psfs, initial_primal, truth, settings.dtype, input_names)
     images, psfs = data["images"], data["psfs"]
     n, shape = images.shape[0], images.shape[1:]
+    digests = None
+    if checkpoint is not None or resume is not None:
+        digests = {"images": ckpt.array_digest(images), "psfs": ckpt.array_digest(psfs)}
+    start = None
+    if resume is not None:
+        start = resume if isinstance(resume, ckpt.Checkpoint) else ckpt.load(resume)
+        ckpt.check_compatible(start, settings, digests, n, shape)
+        if sync_every is None:
+            sync_every = start.meta["driver"]["sync_every"]
+        log.info("resuming from %s after %d iterations", start.path, start.iteration)
+    resumed = None if start is None else {"checkpoint": str(start.path),
+                                          "iteration": start.iteration}
     eng = make_engine(engine, **engine_opts)
+    checkpointer = None
     try:
+        if stop is not None:
+            stop.reclaim_signals()  # a new SparkContext installs its own SIGINT handler
+            stop.on_request(eng.cancel)
+        if checkpoint is not None:
+            checkpointer = ckpt.Checkpointer(checkpoint, eng, digests, checkpoint_every,
+                                             checkpoint_extra)
+            if stop is not None:
+                stop.save = checkpointer.write
         t_scatter = time.perf_counter()
-        eng.scatter({"images": images, "psfs": psfs, "primal": data["primal"]}, n)
-        driver = Driver(eng, settings, n, shape, sync_every=sync_every, progress=progress)
-        driver.setup()
-        history = driver.run()
+        failures = []
+        while True:
+            try:
+                driver = Driver(eng, settings, n, shape, sync_every=sync_every,
+                                progress=progress, on_sync=checkpointer, stop=stop)
+                _start(eng, driver, data, start)
+                history = driver.run()
+                break
+            except RunInterrupted:
+                raise
+            except Exception as exc:
+                if stop is not None and stop.requested:  # stopped during the set-up
+                    raise stop.interrupted(driver if driver.ready else None) from None
+                if isinstance(exc, GalDeconError) and not isinstance(exc, EngineError):
+                    raise
+                if not eng.recoverable:
+                    raise
+                if len(failures) >= recoveries:
+                    raise _engine_failure(eng, exc, failures, checkpointer) from exc
+                failures.append(_first_line(exc))
+                if checkpointer is not None and checkpointer.written is not None:
+                    start = ckpt.load(checkpointer.directory)
+                log.warning("%s engine failed (%s); restarting from %s", eng.name,
+                            failures[-1], f"the checkpoint after {start.iteration} iterations"
+                            if start is not None else "the start")
         primal = eng.gather("primal")
         dual = eng.gather("dual")
         facts = eng.facts()
@@ -207,9 +276,42 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
             "iteration_seconds": seconds.tolist(),
         },
         "versions": versions(),
+        "reliability": {
+            "resumed_from": resumed,
+            "engine_failures": failures,
+            "checkpoints": None if checkpointer is None else checkpointer.facts(),
+        },
     }
     if data["truth"] is not None:
         metrics = evaluate(data["truth"], primal, kernel=kernel)
         metrics["kernel"] = kernel
         record["metrics"] = metrics
     return Result(primal=primal, dual=dual, record=record)
+
+
+def _start(eng, driver: Driver, data: dict, start) -> None:
+    """Scatter the blocks (from the inputs, or a checkpoint's state) and set the run up."""
+    arrays = {"images": data["images"], "psfs": data["psfs"], "primal": data["primal"]}
+    if start is not None:
+        arrays.update(start.arrays())
+    eng.scatter(arrays, driver.n_images)
+    del arrays
+    driver.setup(saved=None if start is None else start.meta["driver"])
+    if driver.on_sync is not None and start is not None:
+        driver.on_sync.base = start.iteration
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _engine_failure(eng, exc, failures, checkpointer) -> EngineError:
+    """The error of a run the engine could not finish, saying how to go on."""
+    tries = f" after {len(failures)} restart(s)" if failures else ""
+    if checkpointer is not None and checkpointer.written is not None:
+        hint = (f"; the state after {checkpointer.written} iterations is saved in "
+                f"{checkpointer.directory} (resume with --resume {checkpointer.directory})")
+    else:
+        hint = "; no checkpoint was written"
+    return EngineError(f"the {eng.name} engine failed{tries}: {_first_line(exc)}{hint}")

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
+import signal
 import sys
 import time
 import warnings
 from pathlib import Path
 
 from galdecon import __version__, io
-from galdecon.errors import ConfigError, GalDeconError, GalDeconWarning
+from galdecon.errors import (
+    ConfigError,
+    GalDeconError,
+    GalDeconWarning,
+    OutputError,
+    RunInterrupted,
+)
 from galdecon.operators.convolution import BOUNDARIES
 from galdecon.operators.wavelet import WAVELETS
 from galdecon.problem import DTYPES, MODES, Settings
@@ -72,6 +80,18 @@ def _float_or_auto(text: str):
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
+def _count_or_auto(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'auto', got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -93,11 +113,12 @@ def add_deconvolve_parser(sub) -> argparse.ArgumentParser:
         fromfile_prefix_chars="@")
     p.__class__ = OptionFileParser
     io_group = p.add_argument_group("input and output")
-    io_group.add_argument(*_aliases("-i", "--input"), required=True, metavar="IMAGES",
+    io_group.add_argument(*_aliases("-i", "--input"), metavar="IMAGES",
                           help="observed stamps: .npy or FITS (file.fits[HDU] picks an HDU); "
-                               "shape (n, N0, N1) or (N0, N1)")
-    io_group.add_argument(*_aliases("-p", "--psf"), required=True, metavar="PSFS",
-                          help="PSFs: one per stamp (n, k0, k1) or one for all (k0, k1)")
+                               "shape (n, N0, N1) or (N0, N1) (required unless --resume)")
+    io_group.add_argument(*_aliases("-p", "--psf"), metavar="PSFS",
+                          help="PSFs: one per stamp (n, k0, k1) or one for all (k0, k1) "
+                               "(required unless --resume)")
     io_group.add_argument(*_aliases("-o", "--output"), metavar="STEM", default=None,
                           help="output stem: writes STEM_primal, STEM_dual, STEM_run.json and "
                                "STEM_cost.png (default: the input file's stem in the current "
@@ -167,11 +188,27 @@ def add_deconvolve_parser(sub) -> argparse.ArgumentParser:
     ev.add_argument(*_aliases("--metric"), choices=("median", "mean"), default="median",
                     help="aggregate printed first")
 
+    rel = p.add_argument_group("checkpoints and resuming")
+    rel.add_argument("--resume", metavar="CHECKPOINT", default=None,
+                     help="continue the run saved in this checkpoint directory, with the "
+                          "options it was started with (options given here override "
+                          "those that do not change the result, e.g. --engine); the result "
+                          "is that of the uninterrupted run")
+    rel.add_argument(*_aliases("--checkpoint"), metavar="DIR", default=None,
+                     help="checkpoint directory (default: STEM_checkpoint, or the resumed one)")
+    rel.add_argument(*_aliases("--checkpoint-every"), type=_count_or_auto, default="auto",
+                     metavar="M", help="write a checkpoint every M iterations (0: only when "
+                                       "interrupted; default auto: every 10 minutes of run "
+                                       "time); SIGINT/SIGTERM always write one")
+    rel.add_argument(*_aliases("--keep-checkpoint"), action="store_true",
+                     help="keep the checkpoint directory after a successful run")
+
     eng = p.add_argument_group("execution")
     eng.add_argument("--engine", choices=("local", "spark"), default="local",
                      help="where blocks run: this process, or Apache Spark")
     eng.add_argument("--master", default=None,
-                     help="Spark master URL (default local[*]); e.g. spark://host:7077")
+                     help="Spark master URL (default local[*,4]: every core, 4 attempts a task); "
+                          "e.g. spark://host:7077")
     eng.add_argument("--partitions", "--pn", type=_positive_int, default=None,
                      help="Spark partitions (blocks); default: 2 x default parallelism")
     eng.add_argument(*_aliases("--sync-every"), type=_positive_int, default=None, metavar="K",
@@ -207,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     from galdecon import cli_science  # it builds on this module's helpers
 
     cli_science.add_simulate_parser(sub)
+    from galdecon import cli_convert
+
+    cli_convert.add_convert_parser(sub)
     cli_science.add_evaluate_parser(sub)
     from galdecon import cli_bench
 
@@ -215,9 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command(name: str):
-    from galdecon import cli_bench, cli_science
+    from galdecon import cli_bench, cli_convert, cli_science
 
     return {"deconvolve": run_deconvolve, "simulate": cli_science.run_simulate,
+            "convert": cli_convert.run_convert,
             "evaluate": cli_science.run_evaluate, "bench": cli_bench.run_bench_command}[name]
 
 
@@ -255,58 +296,153 @@ def settings_from_args(args) -> Settings:
         lowr_type=args.lowr_type, noise_est=args.noise_est, dtype=args.dtype)
 
 
-def run_deconvolve(args) -> int:
-    """``galdecon deconvolve``: read, validate, solve, write."""
+#: Options a resumed run takes from the checkpoint unless given again (all but these).
+NOT_RESUMED = ("command", "resume", "quiet", "verbose", "progress")
+#: Options naming files, stored absolute so a run resumes from any directory.
+PATH_OPTIONS = ("input", "psf", "current_res", "clean_data", "output", "checkpoint")
+
+
+def explicit_options(argv) -> dict:
+    """The ``deconvolve`` options actually given in ``argv`` (``@files`` expanded)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices["deconvolve"]._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
+
+
+def resumed_args(args, argv):
+    """The options of a resumed run: the checkpoint's, overridden by those given now."""
+    from galdecon import checkpoint
+
+    saved = checkpoint.load(args.resume)
+    stored = saved.extra.get("cli", {}).get("options")
+    if not isinstance(stored, dict):
+        raise ConfigError(f"{saved.path}: the checkpoint holds no command-line options; "
+                          "resume it with galdecon.deconvolve(resume=...)")
+    given = explicit_options(argv)
+    merged = vars(args) | {k: v for k, v in stored.items() if k not in NOT_RESUMED}
+    merged |= {k: v for k, v in given.items() if k in vars(args)}
+    if "checkpoint" not in given and not stored.get("checkpoint_explicit"):
+        merged["checkpoint"] = str(saved.path)
+    merged["resume"] = saved
+    return argparse.Namespace(**merged)
+
+
+def cli_options(args) -> dict:
+    """The options to store in checkpoints (JSON-friendly, file names absolute)."""
+    out = {}
+    for key, value in vars(args).items():
+        if key in NOT_RESUMED:
+            continue
+        if key in PATH_OPTIONS and value is not None:
+            path, hdu = io.split_hdu(value)
+            value = str(path.resolve()) + (f"[{hdu}]" if hdu is not None else "")
+        out[key] = value
+    return out
+
+
+def run_deconvolve(args, argv=None) -> int:
+    """``galdecon deconvolve``: read, validate, solve, write (or resume, then write)."""
+    from galdecon import checkpoint
     from galdecon.api import deconvolve
+    from galdecon.interrupt import StopRequest, handle_signals
     from galdecon.plot import cost_curve
 
+    if args.resume:
+        args = resumed_args(args, sys.argv[1:] if argv is None else argv)
+    elif args.input is None or args.psf is None:
+        raise ConfigError("the following arguments are required: -i/--input, -p/--psf "
+                          "(or --resume CHECKPOINT)")
+    resume = args.resume
     settings = settings_from_args(args)
     stem = Path(args.output) if args.output else Path(io.split_hdu(args.input)[0].name
                                                        .split(".")[0])
     paths = io.output_paths(stem, args.output_format, plots=not args.no_plots)
+    ckpt_dir = Path(args.checkpoint) if args.checkpoint else stem.with_name(
+        stem.name + "_checkpoint")
     inputs = [args.input, args.psf, args.current_res, args.clean_data]
     io.check_inputs_exist(inputs)
     io.check_outputs(paths, inputs, args.overwrite)
+    check_checkpoint_dir(ckpt_dir, inputs, resume, args.overwrite)
 
     names = {"images": args.input, "psfs": args.psf, "primal": args.current_res,
              "truth": args.clean_data}
-    images = io.read_array(args.input)
-    psfs = io.read_array(args.psf)
-    primal = io.read_array(args.current_res) if args.current_res else None
-    truth = io.read_array(args.clean_data) if args.clean_data else None
-    names = {k: str(v) for k, v in names.items() if v}
+    stop = StopRequest()
+    with handle_signals(stop):
+        images = io.read_array(args.input)
+        psfs = io.read_array(args.psf)
+        primal = io.read_array(args.current_res) if args.current_res and not resume else None
+        truth = io.read_array(args.clean_data) if args.clean_data else None
+        names = {k: str(v) for k, v in names.items() if v}
 
-    engine_opts = {}
-    if args.engine == "spark":
-        engine_opts = {"master": args.master, "partitions": args.partitions,
-                       "verbose": args.verbose > 0}
-    elif args.threads:
-        engine_opts = {"threads": args.threads}
-    show = args.progress if args.progress is not None else (sys.stderr.isatty()
-                                                            and args.quiet == 0)
-    bar = ProgressBar() if show else None
-    try:
-        result = deconvolve(images, psfs, initial_primal=primal, truth=truth,
-                            engine=args.engine, sync_every=args.sync_every,
-                            kernel=args.kernel, progress=bar, settings=settings,
-                            input_names=names, **engine_opts)
-    finally:
-        if bar is not None:
-            bar.close()
-    record = result.record
-    record["data"]["sha256"] = {k: io.sha256(v) for k, v in names.items()}
-    record["cli"] = {"argv": sys.argv[1:], "random_seed": args.random_seed,
-                     "output_format": args.output_format}
-    record["outputs"] = {k: str(v) for k, v in paths.items()}
-    header = {"GDMODE": settings.mode, "GDNITER": record["result"]["iterations"],
-              "GDSIGMA": record["problem"]["noise_sigma"]}
-    io.write_array(paths["primal"], result.primal, args.output_format, header)
-    io.write_array(paths["dual"], result.dual, args.output_format, header)
-    if "plot" in paths:
-        cost_curve(record, paths["plot"])
-    io.write_json(paths["record"], record)
+        engine_opts = {}
+        if args.engine == "spark":
+            engine_opts = {"master": args.master, "partitions": args.partitions,
+                           "verbose": args.verbose > 0}
+        elif args.threads:
+            engine_opts = {"threads": args.threads}
+        show = args.progress if args.progress is not None else (sys.stderr.isatty()
+                                                                and args.quiet == 0)
+        bar = ProgressBar() if show else None
+        every = None if args.checkpoint_every == "auto" else args.checkpoint_every
+        options = cli_options(args) | {"checkpoint_explicit": args.checkpoint is not None}
+        try:
+            result = deconvolve(images, psfs, initial_primal=primal, truth=truth,
+                                engine=args.engine, sync_every=args.sync_every,
+                                kernel=args.kernel, progress=bar, settings=settings,
+                                input_names=names, checkpoint=ckpt_dir, checkpoint_every=every,
+                                checkpoint_extra={"cli": {"options": options}},
+                                resume=resume, stop=stop, **engine_opts)
+        finally:
+            if bar is not None:
+                bar.close()
+        record = result.record
+        record["data"]["sha256"] = {k: io.sha256(v) for k, v in names.items()}
+        record["cli"] = {"argv": sys.argv[1:] if argv is None else list(argv),
+                         "random_seed": args.random_seed, "output_format": args.output_format}
+        record["outputs"] = {k: str(v) for k, v in paths.items()}
+        header = {"GDMODE": settings.mode, "GDNITER": record["result"]["iterations"],
+                  "GDSIGMA": record["problem"]["noise_sigma"]}
+        io.write_array(paths["primal"], result.primal, args.output_format, header)
+        io.write_array(paths["dual"], result.dual, args.output_format, header)
+        if "plot" in paths:
+            cost_curve(record, paths["plot"])
+        io.write_json(paths["record"], record)
+    if not args.keep_checkpoint:
+        checkpoint.remove(ckpt_dir)
     report(record, args)
+    if stop.requested:  # the signal came after the last iteration: the outputs are whole
+        print(f"galdecon: {signal_name(stop.signum)} received after the run finished; the "
+              "outputs are complete", file=sys.stderr)
+        return 128 + stop.signum
     return 0
+
+
+def check_checkpoint_dir(directory: Path, inputs, resume, overwrite: bool) -> None:
+    """Refuse a checkpoint directory that is an input, unwritable, or another run's."""
+    from galdecon import checkpoint
+
+    resolved = directory.resolve()
+    for spec in inputs:
+        if spec is not None and io.split_hdu(spec)[0].resolve() == resolved:
+            raise OutputError(f"{directory}: the checkpoint directory would be an input file")
+    if directory.exists() and not directory.is_dir():
+        raise OutputError(f"{directory}: exists and is not a directory; choose another "
+                          "--checkpoint")
+    parent = resolved if directory.is_dir() else resolved.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise OutputError(f"{directory}: checkpoint directory is not writable "
+                          f"({parent} is missing or read-only)")
+    ours = resume is not None and resume.path.resolve() == resolved
+    if (directory / checkpoint.STATE_FILE).exists() and not ours and not overwrite:
+        raise OutputError(f"{directory}: holds the checkpoint of another run; resume it with "
+                          f"--resume {directory}, or pass --overwrite to replace it")
+
+
+def signal_name(signum: int) -> str:
+    """SIGINT, SIGTERM, ..."""
+    return signal.Signals(signum).name
 
 
 def report(record: dict, args) -> None:
@@ -354,7 +490,15 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("always", GalDeconWarning)
             warnings.showwarning = _show_warning
+            if args.command == "deconvolve":
+                return run_deconvolve(args, argv)
             return _command(args.command)(args)
+    except RunInterrupted as exc:
+        print(f"galdecon: {exc}", file=sys.stderr)
+        if exc.checkpoint is not None:
+            print(f"galdecon: resume with: galdecon deconvolve --resume {exc.checkpoint}",
+                  file=sys.stderr)
+        return 128 + exc.signum
     except GalDeconError as exc:
         print(f"galdecon: error: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import logging
 import numbers
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 
 import numpy as np
@@ -30,6 +30,17 @@ from galdecon.solver import (
 )
 
 log = logging.getLogger("galdecon")
+
+
+@dataclass
+class Position:
+    """Where a run is: the round, its iterations, and whether its reweighting is done."""
+
+    round: int = 0
+    done_round: int = 0
+    converged: bool = False
+    reweighted: bool = False
+    done_total: int = 0
 
 
 @dataclass
@@ -59,7 +70,12 @@ def init_block(block: Block, problem: Problem) -> tuple[Block, None]:
               else np.array(block.primal, dtype=dtype))
     images = np.asarray(block.images, dtype=dtype)
     changes = {"primal": primal, "images": images, "pending": None}
-    if s.mode == "sparse":
+    if block.dual is not None:  # a resumed run: the saved state, exactly
+        changes["dual"] = np.array(block.dual, dtype=dtype)
+        if s.mode == "sparse":
+            changes["weights"] = np.array(block.weights)
+            changes["weights0"] = np.array(block.weights0)
+    elif s.mode == "sparse":
         changes["dual"] = np.ones((m, s.n_bands) + shape, dtype=dtype)
         weights = sparse_weights(block.psfs, shape, s, problem.noise_sigma)
         weights = np.broadcast_to(weights, (m, s.n_bands)).copy()
@@ -94,11 +110,18 @@ class Driver:
         the step is replayed from its snapshot up to that iteration.
     progress : callable, optional
         Called as ``progress(done, planned, cost)`` after every synchronisation.
+    on_sync : callable, optional
+        Called as ``on_sync(driver)`` after every synchronisation, when the engine's
+        blocks hold a consistent state (where checkpoints are written).
+    stop : StopRequest, optional
+        Checked between synchronisations; when set, the run stops at the last complete
+        synchronisation and raises :class:`~galdecon.errors.RunInterrupted`.
     """
 
     def __init__(self, engine: Engine, settings: Settings, n_images: int, shape,
                  sync_every: int | None = None,
-                 progress: Callable[[int, int, float], None] | None = None):
+                 progress: Callable[[int, int, float], None] | None = None,
+                 on_sync: Callable[[Driver], None] | None = None, stop=None):
         self.engine = engine
         self.settings = settings
         self.n_images = int(n_images)
@@ -110,20 +133,51 @@ class Driver:
             raise ConfigError(f"option sync_every={sync_every!r}: expected an integer >= 1")
         self.sync_every = int(self.sync_every)
         self.progress = progress
+        self.on_sync = on_sync
+        self.stop = stop
         self.history = History()
+        self.position = Position()
         self.problem: Problem | None = None
         self.test = ConvergenceTest(settings.tolerance, settings.cost_window)
         self.setup_seconds = 0.0
+        self.ready = False  # set up: the blocks hold a complete state
+
+    # -- state (checkpoints) ------------------------------------------------------------
+    def state(self) -> dict:
+        """The driver's side of the run's state (JSON-friendly): all but the blocks."""
+        if self.problem is None:
+            raise ConfigError("the driver has no state before setup()")
+        return {"noise_sigma": self.problem.noise_sigma, "beta": self.problem.beta,
+                "sync_every": self.sync_every, "position": asdict(self.position),
+                "test": self.test.state(), "history": asdict(self.history)}
+
+    def restore_state(self, state: dict) -> None:
+        """Take over a saved :meth:`state` (the engine's blocks must hold its arrays)."""
+        self.position = Position(**state["position"])
+        self.history = History(**state["history"])
+        test = state["test"]
+        self.test.counter, self.test.costs = int(test["counter"]), list(test["costs"])
+        self.test.last_test = test["last_test"]
 
     # -- set-up -------------------------------------------------------------------------
-    def setup(self) -> Problem:
-        """Global reductions (σ, β), the problem, and every block's initial state."""
+    def setup(self, saved: dict | None = None) -> Problem:
+        """Global reductions (σ, β), the problem, and every block's initial state.
+
+        With ``saved`` (a :meth:`state`), σ and β are the saved ones and the blocks
+        keep the saved primal, dual and weights they were scattered with.
+        """
         t0 = time.perf_counter()
         s = self.settings
-        sigma = s.noise_est if s.noise_est is not None else self.engine.noise_sigma()
-        beta = self.engine.reduce(partial(block_beta, settings=s, shape=self.shape), max)
+        if saved is not None:
+            sigma, beta = saved["noise_sigma"], saved["beta"]
+        else:
+            sigma = s.noise_est if s.noise_est is not None else self.engine.noise_sigma()
+            beta = self.engine.reduce(partial(block_beta, settings=s, shape=self.shape), max)
         self.problem = make_problem(s, self.n_images, self.shape, sigma, beta)
         self.engine.map(partial(init_block, problem=self.problem))
+        if saved is not None:
+            self.restore_state(saved)
+        self.ready = True
         self.setup_seconds = time.perf_counter() - t0
         log.info("set-up: sigma=%.6g beta=%.8g tau=%.4g sigma_step=%.4g lambda=%.6g (%.2fs)",
                  sigma, beta, self.problem.tau, self.problem.sigma, self.problem.lowr_lambda,
@@ -151,12 +205,17 @@ class Driver:
         """Run up to ``n_iter`` iterations; return (iterations done, converged)."""
         mask = self.test.cost_mask(n_iter)
         t0 = time.perf_counter()
-        if self.settings.mode == "sparse":
-            snapshot = self.engine.snapshot()
-            costs = self._sparse_step(n_iter, mask)
-        else:
-            snapshot = None
-            costs = np.array([self._lowr_step(bool(mask[0]))])
+        snapshot = self.engine.snapshot()
+        rollbacks = self.history.rollbacks
+        try:
+            if self.settings.mode == "sparse":
+                costs = self._sparse_step(n_iter, mask)
+            else:
+                costs = np.array([self._lowr_step(bool(mask[0]))])
+        except BaseException:
+            self.engine.restore(snapshot)  # the state before the step, unchanged
+            self.engine.release(snapshot)
+            raise
         elapsed = time.perf_counter() - t0
         trial = self.test.copy()
         done, converged = n_iter, False
@@ -170,10 +229,15 @@ class Driver:
             self.engine.restore(snapshot)
             self.history.rollbacks += 1
             t0 = time.perf_counter()
-            costs = self._sparse_step(done, mask[:done])
+            try:
+                costs = self._sparse_step(done, mask[:done])
+            except BaseException:
+                self.engine.restore(snapshot)
+                self.engine.release(snapshot)
+                self.history.rollbacks = rollbacks
+                raise
             elapsed += time.perf_counter() - t0
-        if snapshot is not None:
-            self.engine.release(snapshot)
+        self.engine.release(snapshot)
         for j in range(done):
             iteration = self.test.counter
             self.test.update(costs[j])
@@ -183,34 +247,57 @@ class Driver:
         self.history.iteration_seconds.extend([elapsed / done] * done)
         return done, converged
 
+    def planned(self) -> int:
+        """Iterations planned: n_iter per round, less what finished rounds did not need."""
+        s = self.settings
+        rounds = s.n_reweights + 1 if s.mode == "sparse" else 1
+        return rounds * s.n_iter - sum(s.n_iter - d for d in self.history.iterations_per_round)
+
+    def _check_stop(self) -> None:
+        if self.stop is not None and self.stop.requested:
+            raise self.stop.interrupted(self)
+
     def run(self) -> History:
-        """Run every round (the first solve and each reweighting) to convergence or n_iter."""
+        """Run every round (the first solve and each reweighting) to convergence or n_iter.
+
+        A driver restored from a saved state continues where that state stopped.
+        """
         if self.problem is None:
             self.setup()
         s = self.settings
         rounds = s.n_reweights + 1 if s.mode == "sparse" else 1
-        planned = rounds * s.n_iter
-        done_total = 0
-        for round_index in range(rounds):
-            if round_index > 0:
+        pos = self.position
+        step = self.sync_every if s.mode == "sparse" else 1
+        while pos.round < rounds:
+            if pos.round > 0 and not pos.reweighted:
+                self._check_stop()
                 self.engine.map(partial(_reweight_task, problem=self.problem))
-                log.info("reweighting %d of %d", round_index, rounds - 1)
-            done_round, converged = 0, False
-            step = self.sync_every if s.mode == "sparse" else 1
-            while done_round < s.n_iter and not converged:
-                n_iter = min(step, s.n_iter - done_round)
-                done, converged = self._advance(n_iter)
-                done_round += done
-                done_total += done
+                pos.reweighted = True
+                log.info("reweighting %d of %d", pos.round, rounds - 1)
+            while pos.done_round < s.n_iter and not pos.converged:
+                self._check_stop()
+                n_iter = min(step, s.n_iter - pos.done_round)
+                try:
+                    done, converged = self._advance(n_iter)
+                except Exception:
+                    if self.stop is not None and self.stop.requested:
+                        raise self.stop.interrupted(self) from None
+                    raise
+                pos.done_round += done
+                pos.done_total += done
+                pos.converged = converged
                 last = self.history.costs[-1] if self.history.costs else float("nan")
                 if self.progress is not None:
-                    self.progress(done_total, planned, last)
-            self.history.iterations_per_round.append(done_round)
-            self.history.converged_per_round.append(bool(converged))
-            planned -= s.n_iter - done_round
-            log.info("round %d: %d iterations, converged=%s, cost=%.6g", round_index,
-                     done_round, converged, self.history.costs[-1] if self.history.costs
-                     else float("nan"))
+                    self.progress(pos.done_total, self.planned(), last)
+                if self.on_sync is not None:
+                    self.on_sync(self)
+            self.history.iterations_per_round.append(pos.done_round)
+            self.history.converged_per_round.append(bool(pos.converged))
+            log.info("round %d: %d iterations, converged=%s, cost=%.6g", pos.round,
+                     pos.done_round, pos.converged, self.history.costs[-1]
+                     if self.history.costs else float("nan"))
+            pos.round += 1
+            pos.done_round, pos.converged, pos.reweighted = 0, False, False
         return self.history
 
 

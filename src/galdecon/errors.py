@@ -25,5 +25,29 @@ class EngineError(GalDeconError, RuntimeError):
     """An execution engine is unavailable or failed (e.g. Spark or Java missing)."""
 
 
+class Cancelled(EngineError):
+    """A map stopped early because the run was asked to stop (the state is unchanged)."""
+
+
+class RunInterrupted(GalDeconError):
+    """The run was stopped by a signal; a checkpoint (if any) says where to resume.
+
+    Attributes
+    ----------
+    signum : int
+        The signal received.
+    checkpoint : pathlib.Path or None
+        Where the state was saved.
+    iteration : int
+        Iterations done and saved.
+    """
+
+    def __init__(self, message: str, signum: int, checkpoint=None, iteration: int = 0):
+        super().__init__(message)
+        self.signum = signum
+        self.checkpoint = checkpoint
+        self.iteration = iteration
+
+
 class GalDeconWarning(UserWarning):
     """Something suspicious in the data that does not stop the run (e.g. PSF sums)."""

@@ -36,12 +36,22 @@ class Engine(abc.ABC):
     #: Default synchronisation interval, in units of ``4 * cost_window`` (the interval at
     #: which the convergence test can fire): an engine whose syncs are costly asks for more.
     sync_multiple = 1
+    #: Whether a failed map may be retried from scratch or a checkpoint (a cluster that
+    #: lost a worker); a failure of the local engine is a bug or lack of memory.
+    recoverable = False
 
     @abc.abstractmethod
     def scatter(self, arrays: dict, n_images: int) -> None:
         """Build the blocks from whole-stack arrays (``images``, ``psfs``, ``primal``).
 
-        ``psfs`` may be 2-D (one PSF shared by all); ``primal`` may be None.
+        ``psfs`` may be 2-D (one PSF shared by all); ``primal`` may be None. A resumed run
+        also passes its solver state: ``dual``, ``weights`` and ``weights0``.
+        """
+
+    def cancel(self) -> None:  # noqa: B027 - optional hook
+        """Ask the running map (if any) to stop soon; it then raises and changes nothing.
+
+        Called from a signal handler: it must only set flags or ask the cluster.
         """
 
     @abc.abstractmethod
@@ -91,6 +101,29 @@ class Engine(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+#: Block attributes a scatter may carry, one slice of the galaxy axis each.
+SCATTERED = ("images", "psfs", "primal", "dual", "weights", "weights0")
+
+
+def make_block(arrays: dict, start: int, stop: int):
+    """The block of galaxies ``[start, stop)`` cut from whole-stack ``arrays``.
+
+    ``psfs`` is shared when 2-D; arrays not given (or None) are left unset.
+    """
+    from galdecon.solver import Block
+
+    fields = {}
+    for name in SCATTERED:
+        value = arrays.get(name)
+        if value is None:
+            fields[name] = None
+        elif name == "psfs" and value.ndim == 2:
+            fields[name] = value
+        else:
+            fields[name] = value[start:stop]
+    return Block(start=start, **fields)
 
 
 def stack_bounds(blocks: Sequence) -> list[tuple[int, int]]:

@@ -10,11 +10,13 @@ busy machine, by orders of magnitude).
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from galdecon.engines.base import Engine, block_bounds
+from galdecon.engines.base import Engine, block_bounds, make_block
+from galdecon.errors import Cancelled
 from galdecon.operators.prox import gram, low_rank_form, nuclear_norm_of, svt_factors
 from galdecon.problem import mad_sigma
 from galdecon.solver import Block
@@ -52,25 +54,28 @@ class LocalEngine(Engine):
         self.n_blocks = n_blocks
         self.blocks: list[Block] = []
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self._cancel = threading.Event()
 
     def scatter(self, arrays: dict, n_images: int) -> None:
         n_blocks = self.n_blocks or -(-n_images // self.block_size)
-        images, psfs, primal = arrays["images"], arrays["psfs"], arrays.get("primal")
-        self.blocks = []
-        for start, stop in block_bounds(n_images, n_blocks):
-            self.blocks.append(Block(
-                start=start,
-                images=images[start:stop],
-                psfs=psfs if psfs.ndim == 2 else psfs[start:stop],
-                primal=None if primal is None else primal[start:stop],
-                dual=None,
-            ))
+        self.blocks = [make_block(arrays, start, stop)
+                       for start, stop in block_bounds(n_images, n_blocks)]
+
+    def cancel(self) -> None:
+        self._cancel.set()
 
     def _run(self, fn, blocks):
+        cancel = self._cancel
+
+        def guarded(block):
+            if cancel.is_set():
+                raise Cancelled("cancelled")
+            return fn(block)
+
         with blas_single_thread():
             if self._pool is None or len(blocks) == 1:
-                return [fn(b) for b in blocks]
-            return list(self._pool.map(fn, blocks))
+                return [guarded(b) for b in blocks]
+            return list(self._pool.map(guarded, blocks))
 
     def map(self, fn) -> list:
         out = self._run(fn, self.blocks)

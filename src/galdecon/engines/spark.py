@@ -19,7 +19,7 @@ Spark job:
 
 Superseded states are unpersisted (a :meth:`SparkEngine.snapshot` pins one until
 :meth:`SparkEngine.release`) and the lineage is cut with ``localCheckpoint`` every
-``checkpoint_every`` maps, so a thousand iterations neither overflow the driver's stack nor
+``lineage_every`` maps, so a thousand iterations neither overflow the driver's stack nor
 slow down. Measured Spark facts behind these choices are in ``design/SPARK_NOTES.md``.
 """
 
@@ -35,7 +35,7 @@ from functools import partial
 
 import numpy as np
 
-from galdecon.engines.base import Engine, block_bounds
+from galdecon.engines.base import Engine, block_bounds, make_block
 from galdecon.engines.spark_cluster import active_session, start_session
 from galdecon.errors import EngineError
 from galdecon.operators.prox import gram, low_rank_form, nuclear_norm_of, svt_factors
@@ -45,6 +45,9 @@ from galdecon.solver import Block
 log = logging.getLogger("galdecon")
 
 DEFAULT_BLOCK_SIZE = 64
+# Every core, and a failed task (a Python worker that died) retried up to 3 times, as the
+# standalone scheduler does by default (spark.task.maxFailures = 4).
+DEFAULT_MASTER = "local[*,4]"
 # Keep each gather job's result well under spark.driver.maxResultSize (1 GiB by default).
 GATHER_CHUNK_BYTES = 256 * 2**20
 # Radix selection: 16-bit digits, and a bucket this small is collected and sorted.
@@ -234,8 +237,9 @@ class SparkEngine(Engine):
     Parameters
     ----------
     master : str, optional
-        Spark master URL (default ``local[2]``): ``local[n]``, ``local[n,maxFailures]``,
-        ``spark://host:port``, ``yarn``, ... Ignored when ``spark`` is given.
+        Spark master URL (default ``local[*,4]``: every core, a failed task retried up
+        to 3 times): ``local[n]``, ``local[n,maxFailures]``, ``spark://host:port``,
+        ``yarn``, ... Ignored when ``spark`` is given.
     partitions : int, optional
         Number of partitions (blocks of contiguous galaxies); default: Spark's default
         parallelism. Capped at the number of galaxies.
@@ -246,7 +250,7 @@ class SparkEngine(Engine):
     app_name : str, optional
     verbose : bool, optional
         Spark's log level WARN and its progress bar instead of ERROR and silence.
-    checkpoint_every : int, optional
+    lineage_every : int, optional
         Cut the lineage with ``localCheckpoint`` every this many maps (0: never).
     local_dir : str, optional
         Parent of the scratch directory given to ``spark.local.dir`` (removed at
@@ -273,13 +277,15 @@ class SparkEngine(Engine):
     # K = 16 brings Spark local[2] within ~10% of the local engine at n = 10,000
     # (benchmarks/spark_overhead.py), where K = 4 costs ~35% more.
     sync_multiple = 4
+    recoverable = True
 
-    def __init__(self, master: str = "local[2]", partitions: int | None = None, spark=None,
-                 app_name: str = "galdecon", verbose: bool = False, checkpoint_every: int = 20,
+    def __init__(self, master: str | None = None, partitions: int | None = None, spark=None,
+                 app_name: str = "galdecon", verbose: bool = False, lineage_every: int = 20,
                  local_dir: str | None = None, block_size: int | None = DEFAULT_BLOCK_SIZE,
                  ui: bool = False, driver_memory: str = "4g", conf: dict | None = None):
+        master = master or DEFAULT_MASTER
         self.partitions = int(partitions) if partitions else None
-        self.checkpoint_every = int(checkpoint_every or 0)
+        self.lineage_every = int(lineage_every or 0)
         self.block_size = int(block_size) if block_size else None
         self._scratch = None
         if spark is None:
@@ -354,7 +360,7 @@ class SparkEngine(Engine):
     # -- the contract -------------------------------------------------------------------
     def scatter(self, arrays: dict, n_images: int) -> None:
         """Cut the stacks into contiguous slices, one per partition, and persist them."""
-        images, psfs, primal = arrays["images"], arrays["psfs"], arrays.get("primal")
+        images = arrays["images"]
         self._stamp_pixels = int(np.prod(images.shape[1:]))
         self._n_pixels = int(n_images) * self._stamp_pixels
         n_parts = self.partitions or self._sc.defaultParallelism
@@ -366,10 +372,7 @@ class SparkEngine(Engine):
         tiles, self._tile_sizes = [], []
         for start, stop in self._bounds:
             bounds = [(start + a, start + b) for a, b in block_bounds(stop - start, per_part)]
-            tiles.extend(Block(start=lo, images=images[lo:hi],
-                               psfs=psfs if psfs.ndim == 2 else psfs[lo:hi],
-                               primal=None if primal is None else primal[lo:hi], dual=None)
-                         for lo, hi in bounds)
+            tiles.extend(make_block(arrays, lo, hi) for lo, hi in bounds)
             self._tile_sizes.append([hi - lo for lo, hi in bounds])
         rdd = self._sc.parallelize(tiles, len(self._bounds)).persist(self._level)
         # Once materialised, the blocks live in the block manager and the driver's copy
@@ -378,6 +381,10 @@ class SparkEngine(Engine):
         rdd.localCheckpoint()
         self._scatter_id = uuid.uuid4().hex
         self._set_state(_State(rdd, 0))
+
+    def cancel(self) -> None:
+        """Cancel the running job (PySpark's own SIGINT handler does the same)."""
+        self._sc.cancelAllJobs()
 
     def map(self, fn) -> list:
         """Replace every tile by ``fn(tile)[0]`` in one job; return the ``[1]`` parts.
@@ -393,7 +400,7 @@ class SparkEngine(Engine):
                     scatter_id=self._scatter_id),
             preservesPartitioning=True).persist(self._level)
         depth = state.depth + 1
-        if self.checkpoint_every and depth >= self.checkpoint_every:
+        if self.lineage_every and depth >= self.lineage_every:
             new.localCheckpoint()  # takes effect when the job below materialises `new`
             depth = 0
         try:
@@ -548,7 +555,7 @@ class SparkEngine(Engine):
                 "partitions": self.n_partitions, "tiles": sum(map(len, self._tile_sizes)),
                 "spark_version": self._sc.version,
                 "default_parallelism": self._sc.defaultParallelism,
-                "checkpoint_every": self.checkpoint_every}
+                "lineage_every": self.lineage_every}
 
     def close(self) -> None:
         """Unpersist the blocks; stop the session if this engine started it."""
