@@ -24,3 +24,22 @@ def example_images():
 def example_psfs():
     """One PSF per example stamp, shape (100, 41, 41), float32 (as shipped), read-only."""
     return _read_only(EXAMPLE_DIR / "example_psfs.npy")
+
+
+# Two cores; a task may fail three times and still be retried (the failure tests need it).
+SPARK_TEST_MASTER = "local[2,4]"
+
+
+@pytest.fixture(scope="session")
+def spark_session(tmp_path_factory):
+    """A classic SparkSession shared by every Spark test (the JVM starts once)."""
+    from spark_fixtures import spark_or_skip
+
+    spark_or_skip()
+    from galdecon.engines.spark_cluster import start_session
+
+    scratch = tmp_path_factory.mktemp("spark-local")
+    spark = start_session(SPARK_TEST_MASTER, "galdecon-tests", str(scratch),
+                          driver_memory="2g")
+    yield spark
+    spark.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,26 @@ class FailOnce:
                 handle.write(str(os.getpid()))
             os._exit(17)  # no exception, no clean-up: the worker process simply dies
         return self.fn(block)
+
+
+class FailTimes:
+    """Wrap a block function: once ``arm`` exists, kill the worker on tile ``start``.
+
+    Each death leaves a file in ``deaths``; after ``times`` deaths the function works
+    again. Four deaths in a row exhaust the task's attempts and fail the job.
+    """
+
+    def __init__(self, fn, arm: str, deaths: str, start: int, times: int):
+        self.fn, self.arm, self.deaths, self.start, self.times = fn, arm, deaths, start, times
+
+    def __call__(self, block, **kwargs):
+        if block.start == self.start and os.path.exists(self.arm):
+            os.makedirs(self.deaths, exist_ok=True)
+            if len(os.listdir(self.deaths)) < self.times:
+                with open(os.path.join(self.deaths, f"{os.getpid()}-{time.time_ns()}"), "w"):
+                    pass
+                os._exit(17)
+        return self.fn(block, **kwargs)
 
 
 class CountCalls:

@@ -1,6 +1,6 @@
 """The Spark engine gives the local engine's numbers (ARCHITECTURE.md: engines agree).
 
-Every test runs on one shared ``local[2,4]`` session (see spark_fixtures.py); the cluster
+Every test runs on one shared ``local[2,4]`` session (conftest.py); the cluster
 test starts a standalone master and two workers on 127.0.0.1 and runs in a subprocess.
 """
 
@@ -33,20 +33,6 @@ from spark_fixtures import (
 )
 
 pytestmark = pytest.mark.spark
-# Two cores; a task may fail three times and still be retried (the failure test needs it).
-TEST_MASTER = "local[2,4]"
-
-
-@pytest.fixture(scope="session")
-def spark_session(tmp_path_factory):
-    """A classic SparkSession shared by every Spark test (the JVM starts once)."""
-    spark_or_skip()
-    from galdecon.engines.spark_cluster import start_session
-
-    scratch = tmp_path_factory.mktemp("spark-local")
-    spark = start_session(TEST_MASTER, "galdecon-tests", str(scratch), driver_memory="2g")
-    yield spark
-    spark.stop()
 
 
 @pytest.fixture(scope="session")

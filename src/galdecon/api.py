@@ -70,19 +70,24 @@ def prepare_inputs(images, psfs, initial_primal=None, truth=None, dtype="float64
     """Validate arrays (already read) and return them as working stacks.
 
     ``names`` maps ``images``/``psfs``/``primal``/``truth`` to the file names used in
-    error messages (default: ``<images array>`` etc.).
+    error messages (default: ``<images array>`` etc.). Anything that is not an array of
+    real numbers (ragged lists, strings, complex, object arrays) is an InputError; the
+    arrays given are never modified.
     """
     names = {k: f"<{k} array>" for k in ("images", "psfs", "primal", "truth")} | (names or {})
-    images = io.as_stack(np.asarray(images), names["images"], "image stack", dtype)
-    psfs = io.validate_psfs(np.asarray(psfs), images.shape[0], images.shape[1:],
-                            names["psfs"], dtype)
+    images = io.as_stack(io.as_array(images, names["images"], "image stack"), names["images"],
+                         "image stack", dtype)
+    psfs = io.validate_psfs(io.as_array(psfs, names["psfs"], "PSF array"), images.shape[0],
+                            images.shape[1:], names["psfs"], dtype)
     out = {"images": images, "psfs": psfs, "primal": None, "truth": None}
     if initial_primal is not None:
-        out["primal"] = io.validate_like(np.asarray(initial_primal), images, names["primal"],
-                                         "initial primal", dtype)
+        out["primal"] = io.validate_like(
+            io.as_array(initial_primal, names["primal"], "initial primal"), images,
+            names["primal"], "initial primal", dtype)
     if truth is not None:
-        out["truth"] = io.validate_like(np.asarray(truth), images, names["truth"],
-                                        "clean (truth) stack", np.float64)
+        out["truth"] = io.validate_like(
+            io.as_array(truth, names["truth"], "clean (truth) stack"), images, names["truth"],
+            "clean (truth) stack", np.float64)
     return out
 
 
@@ -302,8 +307,11 @@ def _start(eng, driver: Driver, data: dict, start) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    """One line saying what failed (for a Py4JJavaError: the Java exception's message)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    cause = next((line.lstrip(": ") for line in lines[1:] if "Exception" in line), None)
+    text = cause or (lines[0] if lines else "")
+    return f"{type(exc).__name__}: {text}"[:400]
 
 
 def _engine_failure(eng, exc, failures, checkpointer) -> EngineError:
