@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import psutil
@@ -215,3 +216,43 @@ def test_standalone_run_survives_losing_a_whole_worker(tmp_path, request):
     # last checkpoint, on the worker that is left.
     assert 1 <= len(result["failures"]) <= 2
     assert "not found" in result["failures"][0]
+
+
+def test_cli_sigint_on_spark_checkpoints_and_resumes(tmp_path):
+    # A real SIGINT to `galdecon deconvolve --engine spark` (whose SparkContext installs a
+    # SIGINT handler of its own): it stops within seconds with a checkpoint; the resumed
+    # run (here on the local engine) ends where the uninterrupted Spark run does.
+    spark_or_skip()
+    images, psfs = EXAMPLE_DIR / "example_image_stack.npy", EXAMPLE_DIR / "example_psfs.npy"
+    common = ["-i", images, "-p", psfs, "--n-iter", 60, "--n-reweights", 1,
+              "--convergence", 0, "--no-plots", "-q", "--sync-every", 4]
+    spark = ["--engine", "spark", "--master", "local[2]", "--pn", 2]
+
+    def cli(*args):
+        return [sys.executable, "-m", "galdecon", "deconvolve", *map(str, args)]
+
+    done = subprocess.run(cli(*common, *spark, "-o", tmp_path / "whole"), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ck = tmp_path / "run_checkpoint"
+    process = subprocess.Popen(cli(*common, *spark, "-o", tmp_path / "run",
+                                   "--checkpoint-every", 8),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (ck / checkpoint.STATE_FILE).exists():
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert time.monotonic() - t0 < 15
+    assert process.returncode == 130, err[-2000:]
+    assert f"--resume {ck}" in err
+    assert not (tmp_path / "run_primal.npy").exists()
+    done = subprocess.run(cli("--resume", ck, "--engine", "local"), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for part in ("primal", "dual"):
+        assert relative_error(np.load(tmp_path / f"run_{part}.npy"),
+                              np.load(tmp_path / f"whole_{part}.npy")) <= 1e-12
