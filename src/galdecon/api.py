@@ -8,18 +8,27 @@ import logging
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from galdecon import checkpoint as ckpt
-from galdecon import io
+from galdecon import chunked, io
 from galdecon.driver import Driver
 from galdecon.engines import make_engine
-from galdecon.errors import ConfigError, EngineError, GalDeconError, RunInterrupted
+from galdecon.errors import (
+    ConfigError,
+    EngineError,
+    GalDeconError,
+    GalDeconWarning,
+    RunInterrupted,
+)
 from galdecon.interrupt import StopRequest
 from galdecon.metrics import evaluate
 from galdecon.problem import Settings
+from galdecon.sources import StoreStack
 
 log = logging.getLogger("galdecon")
 
@@ -40,11 +49,15 @@ class Result:
     record : dict
         The run record: settings, σ, β, λ, step sizes, iterations, convergence, cost
         history, timings, versions and (when the truth was given) metrics.
+    store : Store or None
+        With ``output``: the store the workers wrote ``primal`` and ``dual`` to (then
+        ``primal`` and ``dual`` are None: they never pass the driver).
     """
 
-    primal: np.ndarray
-    dual: np.ndarray
+    primal: np.ndarray | None
+    dual: np.ndarray | None
     record: dict
+    store: chunked.Store | None = None
 
     @property
     def costs(self) -> np.ndarray:
@@ -111,7 +124,7 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
                settings: Settings | None = None, input_names: dict | None = None,
                checkpoint=None, checkpoint_every: int | None = None,
                checkpoint_extra: dict | None = None, resume=None,
-               stop: StopRequest | None = None, recoveries: int = 2,
+               stop: StopRequest | None = None, recoveries: int = 2, output=None,
                **options) -> Result:
     r"""Deconvolve a stack of galaxy stamps from their PSFs.
 
@@ -120,8 +133,9 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
 
     Parameters
     ----------
-    images : array_like, shape (n, N0, N1) or (N0, N1)
-        Observed stamps Y.
+    images : array_like, shape (n, N0, N1) or (N0, N1), or StoreStack
+        Observed stamps Y; or a :class:`~galdecon.sources.StoreStack` naming chunked
+        stores, which the engine's workers read block by block (then ``psfs`` is None).
     psfs : array_like, shape (n, k0, k1) or (k0, k1)
         One PSF per stamp, or one PSF for all, centred at ``(k0//2, k1//2)``.
     initial_primal : array_like, optional
@@ -158,6 +172,9 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
     recoveries : int
         On an engine that can lose workers (Spark), how many times a failed run is
         restarted from its last checkpoint (or its start) before the error is raised.
+    output : StoreWriter, optional
+        Write ``primal`` and ``dual`` into this new chunked store (from the workers, one
+        chunk each) and finalize it, instead of returning them.
     **options
         Any :class:`~galdecon.problem.Settings` field (``mode``, ``wavelet``, ``n_iter``,
         ``tolerance``, ``n_reweights``, ``positivity``, ...) and engine options
@@ -189,12 +206,24 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
     setting_opts, engine_opts = split_options(options)
     settings = (settings or Settings()).replace(**setting_opts) if setting_opts or settings \
         else Settings()
-    data = prepare_inputs(images, psfs, initial_primal, truth, settings.dtype, input_names)
-    images, psfs = data["images"], data["psfs"]
-    n, shape = images.shape[0], images.shape[1:]
+    source = images if isinstance(images, StoreStack) else None
+    if source is not None:  # read by the workers, block by block
+        if psfs is not None or initial_primal is not None or truth is not None:
+            raise ConfigError("with stacks in chunked stores, the PSFs and the initial primal "
+                              "come from the StoreStack (psfs=None); truth is not supported")
+        source.dtype = settings.dtype
+        data = {"source": source, "psfs_shape": source.psf_shape, "truth": None}
+        n, shape = source.n, source.shape
+    else:
+        data = prepare_inputs(images, psfs, initial_primal, truth, settings.dtype,
+                              input_names)
+        data["psfs_shape"] = data["psfs"].shape
+        n, shape = data["images"].shape[0], data["images"].shape[1:]
     digests = None
     if checkpoint is not None or resume is not None:
-        digests = {"images": ckpt.array_digest(images), "psfs": ckpt.array_digest(psfs)}
+        digests = source.digests() if source is not None else {
+            "images": ckpt.array_digest(data["images"]),
+            "psfs": ckpt.array_digest(data["psfs"])}
     start = None
     if resume is not None:
         start = resume if isinstance(resume, ckpt.Checkpoint) else ckpt.load(resume)
@@ -212,7 +241,8 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
             stop.on_request(eng.cancel)
         if checkpoint is not None:
             checkpointer = ckpt.Checkpointer(checkpoint, eng, digests, checkpoint_every,
-                                             checkpoint_extra)
+                                             checkpoint_extra,
+                                             chunk=None if source is None else source.chunk)
             if stop is not None:
                 stop.save = checkpointer.write
         t_scatter = time.perf_counter()
@@ -241,8 +271,15 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
                 log.warning("%s engine failed (%s); restarting from %s", eng.name,
                             failures[-1], f"the checkpoint after {start.iteration} iterations"
                             if start is not None else "the start")
-        primal = eng.gather("primal")
-        dual = eng.gather("dual")
+        if output is not None:  # each partition writes its own chunks
+            primal = dual = None
+            declare_outputs(eng, output, n, None if source is None else source.chunk)
+            written = eng.write_arrays(output, ("primal", "dual"))
+            if data["truth"] is not None:
+                primal = eng.gather("primal")
+        else:
+            primal = eng.gather("primal")
+            dual = eng.gather("dual")
         facts = eng.facts()
     finally:
         eng.close()
@@ -254,8 +291,9 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
         "settings": dataclasses.asdict(settings),
         "problem": driver.problem.summary(),
         "data": {
-            "n_images": int(n), "stamp_shape": list(shape), "psf_shape": list(psfs.shape[-2:]),
-            "shared_psf": psfs.ndim == 2, "inputs": input_names or {},
+            "n_images": int(n), "stamp_shape": list(shape),
+            "psf_shape": list(data["psfs_shape"][-2:]),
+            "shared_psf": len(data["psfs_shape"]) == 2, "inputs": input_names or {},
         },
         "engine": facts | {"sync_every": driver.sync_every},
         "result": {
@@ -291,16 +329,30 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
         metrics = evaluate(data["truth"], primal, kernel=kernel)
         metrics["kernel"] = kernel
         record["metrics"] = metrics
-    return Result(primal=primal, dual=dual, record=record)
+    store = None
+    if output is not None:
+        record["outputs_store"] = output.url
+        store = output.finalize(written)
+        if data["truth"] is not None:
+            primal = None
+    return Result(primal=primal, dual=dual, record=record, store=store)
 
 
 def _start(eng, driver: Driver, data: dict, start) -> None:
     """Scatter the blocks (from the inputs, or a checkpoint's state) and set the run up."""
-    arrays = {"images": data["images"], "psfs": data["psfs"], "primal": data["primal"]}
-    if start is not None:
-        arrays.update(start.arrays())
-    eng.scatter(arrays, driver.n_images)
-    del arrays
+    source = data.get("source")
+    if source is not None:
+        if start is not None:
+            source = source.with_state(start.store())
+        eng.scatter_source(source, driver.n_images)
+        if not source.shared_psf:
+            warn_psf_sums(eng, source)
+    else:
+        arrays = {"images": data["images"], "psfs": data["psfs"], "primal": data["primal"]}
+        if start is not None:
+            arrays.update(start.arrays())
+        eng.scatter(arrays, driver.n_images)
+        del arrays
     driver.setup(saved=None if start is None else start.meta["driver"])
     if driver.on_sync is not None and start is not None:
         driver.on_sync.base = start.iteration
@@ -323,3 +375,47 @@ def _engine_failure(eng, exc, failures, checkpointer) -> EngineError:
     else:
         hint = "; no checkpoint was written"
     return EngineError(f"the {eng.name} engine failed{tries}: {_first_line(exc)}{hint}")
+
+
+def _psf_sums(block) -> tuple[int, int, float]:
+    """(PSFs of the block not summing to 1, the first one's index, its sum)."""
+    psfs = np.asarray(block.psfs, dtype=np.float64)
+    sums = psfs.reshape(-1, psfs.shape[-2] * psfs.shape[-1]).sum(axis=1)
+    bad = np.flatnonzero(np.abs(sums - 1.0) > io.PSF_SUM_TOLERANCE)
+    if not bad.size:
+        return 0, -1, 1.0
+    return int(bad.size), block.start + int(bad[0]), float(sums[bad[0]])
+
+
+def _first_bad(a, b):
+    count = a[0] + b[0]
+    if a[0] and (not b[0] or a[1] < b[1]):
+        return count, a[1], a[2]
+    return (count, b[1], b[2]) if b[0] else (count, a[1], a[2])
+
+
+def warn_psf_sums(eng, source) -> None:
+    """Warn, as for in-memory PSFs, when PSFs held by the blocks do not sum to 1."""
+    count, first, value = eng.reduce(_psf_sums, _first_bad)
+    if count:
+        warnings.warn(f"{source.psfs[0].url}[{source.psfs[1]}]: {count} PSF(s) do not sum to "
+                      f"1 (first: PSF {first} sums to {value:.8g}); they are used as given, "
+                      "not renormalised", GalDeconWarning, stacklevel=3)
+
+
+def _attribute_layout(block, names):
+    return {name: (list(getattr(block, name).shape[1:]), getattr(block, name).dtype.str)
+            for name in names}
+
+
+def _keep_first(a, b):
+    return a
+
+
+def declare_outputs(eng, writer, n: int, chunk: int | None, names=("primal", "dual")) -> None:
+    """Create the arrays ``names`` in ``writer`` with the blocks' shapes and dtypes."""
+    layout = eng.reduce(partial(_attribute_layout, names=names), _keep_first)
+    for name in names:
+        tail, dtype = layout[name]
+        writer.create_array(name, (n, *tail), np.dtype(dtype),
+                            chunk=chunk or chunked.DEFAULT_CHUNK)

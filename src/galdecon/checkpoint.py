@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -53,11 +54,14 @@ def array_digest(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+STATE_NAMES = {"sparse": ("primal", "dual", "weights", "weights0"),
+               "lowr": ("primal", "dual")}
+STATE_STORE = "state.zarr"
+
+
 def state_arrays(engine, mode: str) -> dict[str, np.ndarray]:
     """The blocks' state, gathered in galaxy order."""
-    names = ("primal", "dual", "weights", "weights0") if mode == "sparse" else ("primal",
-                                                                                  "dual")
-    return {name: engine.gather(name) for name in names}
+    return {name: engine.gather(name) for name in STATE_NAMES[mode]}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -73,7 +77,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save(directory, driver, engine, digests: dict, extra: dict | None = None) -> Path:
+def save(directory, driver, engine, digests: dict, extra: dict | None = None,
+         chunk: int | None = None) -> Path:
     """Write the run's state to ``directory/state.npz`` atomically; return the directory.
 
     Parameters
@@ -88,6 +93,10 @@ def save(directory, driver, engine, digests: dict, extra: dict | None = None) ->
         :func:`array_digest` of the ``images`` and ``psfs`` the run was started with.
     extra : dict, optional
         JSON-friendly facts stored alongside (the command line's options).
+    chunk : int, optional
+        Write the arrays as a chunked store ``state.zarr`` of this many galaxies per
+        chunk, each chunk by the worker that holds it (for runs on chunked stores: the
+        state never passes the driver); the document is the store's provenance.
     """
     from galdecon import __version__
     from galdecon.io import atomic_path
@@ -95,15 +104,30 @@ def save(directory, driver, engine, digests: dict, extra: dict | None = None) ->
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     settings = driver.settings
-    arrays = state_arrays(engine, settings.mode)
+    names = STATE_NAMES[settings.mode]
     meta = {
         "format": FORMAT, "version": VERSION, "galdecon": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "settings": dataclasses.asdict(settings),
         "n_images": driver.n_images, "stamp_shape": list(driver.shape),
         "digests": dict(digests), "engine": engine.name,
-        "driver": driver.state(), "arrays": sorted(arrays), "extra": extra or {},
+        "driver": driver.state(), "arrays": sorted(names), "extra": extra or {},
     }
+    if chunk is not None:
+        from galdecon import chunked
+        from galdecon.api import declare_outputs
+
+        writer = chunked.create_store(directory / STATE_STORE, overwrite=True,
+                                      provenance={"command": "checkpoint", "run": meta})
+        with writer:
+            declare_outputs(engine, writer, driver.n_images, chunk, names)
+            writer.finalize(engine.write_arrays(writer, names))
+        if (directory / STATE_FILE).exists():
+            (directory / STATE_FILE).unlink()
+        log.info("checkpoint: %d iterations saved to %s", driver.position.done_total,
+                 directory)
+        return directory
+    arrays = state_arrays(engine, settings.mode)
     blob = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     target = directory / STATE_FILE
     with atomic_path(target) as tmp, open(tmp, "wb") as handle:
@@ -132,8 +156,25 @@ class Checkpoint:
         """The facts stored by the caller (the command line's options)."""
         return self.meta.get("extra", {})
 
+    @property
+    def chunked(self) -> bool:
+        """Whether the arrays are a chunked store (a run on chunked stores)."""
+        return (self.path / STATE_STORE).exists() and not (self.path / STATE_FILE).exists()
+
+    def store(self):
+        """The saved arrays as a chunked store (read block by block by the workers)."""
+        from galdecon import chunked
+
+        if not self.chunked:
+            raise ConfigError(f"{self.path}: the checkpoint of a run on in-memory stacks; "
+                              "resume it with the same (npy/FITS) inputs")
+        return chunked.open_store(self.path / STATE_STORE)
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The saved block state: primal, dual (and weights, weights0 in sparse mode)."""
+        if self.chunked:
+            store = self.store()
+            return {name: store.read(name) for name in self.meta["arrays"]}
         file = self.path / STATE_FILE
         try:
             with np.load(file, allow_pickle=False) as data:
@@ -164,6 +205,11 @@ def load(spec) -> Checkpoint:
     """
     directory = checkpoint_dir(spec)
     file = directory / STATE_FILE
+    if not file.is_file() and (directory / STATE_STORE).is_dir():
+        from galdecon import chunked
+
+        meta = chunked.open_store(directory / STATE_STORE).provenance.get("run")
+        return _checked(Checkpoint(directory, meta), directory / STATE_STORE)
     if not file.is_file():
         raise InputError(f"{directory}: no checkpoint here (expected {file})")
     try:
@@ -171,12 +217,17 @@ def load(spec) -> Checkpoint:
             meta = json.loads(data["meta"].tobytes().decode())
     except (OSError, ValueError, KeyError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
         raise InputError(f"{file}: not a readable galdecon checkpoint ({exc})") from None
+    return _checked(Checkpoint(directory, meta), file)
+
+
+def _checked(found: Checkpoint, file) -> Checkpoint:
+    meta = found.meta
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{file}: not a galdecon checkpoint")
     if meta.get("version") != VERSION:
         raise InputError(f"{file}: checkpoint format version {meta.get('version')!r}; this "
                          f"galdecon resumes version {VERSION}")
-    return Checkpoint(directory, meta)
+    return found
 
 
 def check_compatible(checkpoint: Checkpoint, settings, digests: dict, n_images: int,
@@ -215,6 +266,8 @@ def remove(directory) -> None:
     file = directory / STATE_FILE
     if file.exists():
         file.unlink()
+    if (directory / STATE_STORE).is_dir():
+        shutil.rmtree(directory / STATE_STORE)
     if directory.is_dir() and not any(directory.iterdir()):
         directory.rmdir()
 
@@ -235,11 +288,14 @@ class Checkpointer:
         the time one write takes).
     extra : dict, optional
         Stored in every checkpoint.
+    chunk : int, optional
+        Write chunked-store checkpoints (see :func:`save`).
     """
 
     def __init__(self, directory, engine, digests: dict, every: int | None = None,
-                 extra: dict | None = None):
+                 extra: dict | None = None, chunk: int | None = None):
         self.directory = Path(directory)
+        self.chunk = chunk
         self.engine = engine
         self.digests = digests
         self.every = every
@@ -271,7 +327,7 @@ class Checkpointer:
         """Write a checkpoint now."""
         t0 = time.perf_counter()
         try:
-            save(self.directory, driver, self.engine, self.digests, self.extra)
+            save(self.directory, driver, self.engine, self.digests, self.extra, self.chunk)
         except OSError as exc:
             kept = (f"the checkpoint after {self.written} iterations is intact"
                     if self.written is not None else "no earlier checkpoint exists")

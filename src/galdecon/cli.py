@@ -8,6 +8,8 @@ can cause print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import logging
 import os
 import shlex
@@ -114,17 +116,23 @@ def add_deconvolve_parser(sub) -> argparse.ArgumentParser:
     p.__class__ = OptionFileParser
     io_group = p.add_argument_group("input and output")
     io_group.add_argument(*_aliases("-i", "--input"), metavar="IMAGES",
-                          help="observed stamps: .npy or FITS (file.fits[HDU] picks an HDU); "
-                               "shape (n, N0, N1) or (N0, N1) (required unless --resume)")
+                          help="observed stamps: .npy or FITS (file.fits[HDU] picks an HDU), "
+                               "or a chunked store (URL[array], default array images; read "
+                               "by the workers); shape (n, N0, N1) or (N0, N1) (required "
+                               "unless --resume)")
     io_group.add_argument(*_aliases("-p", "--psf"), metavar="PSFS",
-                          help="PSFs: one per stamp (n, k0, k1) or one for all (k0, k1) "
-                               "(required unless --resume)")
+                          help="PSFs: one per stamp (n, k0, k1) or one for all (k0, k1); with "
+                               "a store input, default: its psfs array (required otherwise, "
+                               "unless --resume)")
     io_group.add_argument(*_aliases("-o", "--output"), metavar="STEM", default=None,
                           help="output stem: writes STEM_primal, STEM_dual, STEM_run.json and "
                                "STEM_cost.png (default: the input file's stem in the current "
                                "directory)")
-    io_group.add_argument(*_aliases("--output-format"), choices=io.OUTPUT_FORMATS,
-                          default="npy", help="format of the primal and dual files")
+    io_group.add_argument(*_aliases("--output-format"), choices=OUTPUT_FORMATS,
+                          default=None,
+                          help="format of the primal and dual: npy, fits, or zarr (one "
+                               "chunked store STEM.zarr, written by the workers); default: "
+                               "zarr when the input is a chunked store, else npy")
     io_group.add_argument(*_aliases("-k", "--current-res"), metavar="PRIMAL", default=None,
                           help="initial primal (e.g. a previous result); default: ones")
     io_group.add_argument("--overwrite", action="store_true",
@@ -348,32 +356,47 @@ def run_deconvolve(args, argv=None) -> int:
     from galdecon.api import deconvolve
     from galdecon.interrupt import StopRequest, handle_signals
     from galdecon.plot import cost_curve
+    from galdecon.sources import StoreStack, is_store_spec
 
     if args.resume:
         args = resumed_args(args, sys.argv[1:] if argv is None else argv)
-    elif args.input is None or args.psf is None:
+    stored = is_store_spec(args.input)
+    if not args.resume and (args.input is None or (args.psf is None and not stored)):
         raise ConfigError("the following arguments are required: -i/--input, -p/--psf "
                           "(or --resume CHECKPOINT)")
     resume = args.resume
     settings = settings_from_args(args)
+    fmt = args.output_format or ("zarr" if stored else "npy")
     stem = Path(args.output) if args.output else Path(io.split_hdu(args.input)[0].name
                                                        .split(".")[0])
-    paths = io.output_paths(stem, args.output_format, plots=not args.no_plots)
+    paths = output_paths(stem, fmt, plots=not args.no_plots)
     ckpt_dir = Path(args.checkpoint) if args.checkpoint else stem.with_name(
         stem.name + "_checkpoint")
     inputs = [args.input, args.psf, args.current_res, args.clean_data]
-    io.check_inputs_exist(inputs)
-    io.check_outputs(paths, inputs, args.overwrite)
-    check_checkpoint_dir(ckpt_dir, inputs, resume, args.overwrite)
+    files = [spec for spec in inputs if not is_store_spec(spec)]
+    io.check_inputs_exist(files)
+    io.check_outputs(paths, [spec for spec in inputs if spec is not None], args.overwrite)
+    check_checkpoint_dir(ckpt_dir, [spec for spec in inputs if spec is not None], resume,
+                         args.overwrite)
+    if stored and (args.clean_data or not all(is_store_spec(s) for s in inputs if s)):
+        raise ConfigError(f"{args.input} is a chunked store: give the PSFs (and -k) as "
+                          "stores too; -c/--clean-data is not supported with stores "
+                          "(evaluate the output store with galdecon evaluate)")
 
     names = {"images": args.input, "psfs": args.psf, "primal": args.current_res,
              "truth": args.clean_data}
     stop = StopRequest()
     with handle_signals(stop):
-        images = io.read_array(args.input)
-        psfs = io.read_array(args.psf)
-        primal = io.read_array(args.current_res) if args.current_res and not resume else None
-        truth = io.read_array(args.clean_data) if args.clean_data else None
+        if stored:
+            images = StoreStack.open(args.input, args.psf,
+                                     args.current_res if not resume else None, args.dtype)
+            psfs = primal = truth = None
+        else:
+            images = io.read_array(args.input)
+            psfs = io.read_array(args.psf)
+            primal = (io.read_array(args.current_res) if args.current_res and not resume
+                      else None)
+            truth = io.read_array(args.clean_data) if args.clean_data else None
         names = {k: str(v) for k, v in names.items() if v}
 
         engine_opts = {}
@@ -387,25 +410,38 @@ def run_deconvolve(args, argv=None) -> int:
         bar = ProgressBar() if show else None
         every = None if args.checkpoint_every == "auto" else args.checkpoint_every
         options = cli_options(args) | {"checkpoint_explicit": args.checkpoint is not None}
+        writer = None
+        if fmt == "zarr":
+            from galdecon import chunked
+
+            writer = chunked.create_store(
+                paths["store"], overwrite=args.overwrite,
+                provenance={"command": "galdecon deconvolve",
+                            "run": {"settings": dataclasses.asdict(settings),
+                                    "inputs": names}})
         try:
-            result = deconvolve(images, psfs, initial_primal=primal, truth=truth,
-                                engine=args.engine, sync_every=args.sync_every,
-                                kernel=args.kernel, progress=bar, settings=settings,
-                                input_names=names, checkpoint=ckpt_dir, checkpoint_every=every,
-                                checkpoint_extra={"cli": {"options": options}},
-                                resume=resume, stop=stop, **engine_opts)
+            with writer if writer is not None else contextlib.nullcontext():
+                result = deconvolve(images, psfs, initial_primal=primal, truth=truth,
+                                    engine=args.engine, sync_every=args.sync_every,
+                                    kernel=args.kernel, progress=bar, settings=settings,
+                                    input_names=names, checkpoint=ckpt_dir,
+                                    checkpoint_every=every,
+                                    checkpoint_extra={"cli": {"options": options}},
+                                    resume=resume, stop=stop, output=writer, **engine_opts)
         finally:
             if bar is not None:
                 bar.close()
         record = result.record
-        record["data"]["sha256"] = {k: io.sha256(v) for k, v in names.items()}
+        record["data"]["sha256"] = (
+            images.digests() if stored else {k: io.sha256(v) for k, v in names.items()})
         record["cli"] = {"argv": sys.argv[1:] if argv is None else list(argv),
-                         "random_seed": args.random_seed, "output_format": args.output_format}
+                         "random_seed": args.random_seed, "output_format": fmt}
         record["outputs"] = {k: str(v) for k, v in paths.items()}
-        header = {"GDMODE": settings.mode, "GDNITER": record["result"]["iterations"],
-                  "GDSIGMA": record["problem"]["noise_sigma"]}
-        io.write_array(paths["primal"], result.primal, args.output_format, header)
-        io.write_array(paths["dual"], result.dual, args.output_format, header)
+        if fmt != "zarr":
+            header = {"GDMODE": settings.mode, "GDNITER": record["result"]["iterations"],
+                      "GDSIGMA": record["problem"]["noise_sigma"]}
+            io.write_array(paths["primal"], result.primal, fmt, header)
+            io.write_array(paths["dual"], result.dual, fmt, header)
         if "plot" in paths:
             cost_curve(record, paths["plot"])
         io.write_json(paths["record"], record)
@@ -417,6 +453,20 @@ def run_deconvolve(args, argv=None) -> int:
               "outputs are complete", file=sys.stderr)
         return 128 + stop.signum
     return 0
+
+
+OUTPUT_FORMATS = (*io.OUTPUT_FORMATS, "zarr")
+
+
+def output_paths(stem: Path, fmt: str, plots: bool = True) -> dict[str, Path]:
+    """The files a deconvolution writes: npy/FITS files, or one chunked store (zarr)."""
+    if fmt != "zarr":
+        return io.output_paths(stem, fmt, plots=plots)
+    paths = {"store": stem.with_name(stem.name + ".zarr"),
+             "record": stem.with_name(stem.name + "_run.json")}
+    if plots:
+        paths["plot"] = stem.with_name(stem.name + "_cost.png")
+    return paths
 
 
 def check_checkpoint_dir(directory: Path, inputs, resume, overwrite: bool) -> None:

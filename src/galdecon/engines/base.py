@@ -48,6 +48,28 @@ class Engine(abc.ABC):
         also passes its solver state: ``dual``, ``weights`` and ``weights0``.
         """
 
+    def scatter_source(self, source, n_images: int) -> None:
+        """Build the blocks by reading them from ``source``, a chunked-store stack.
+
+        ``source`` is a :class:`~galdecon.sources.StoreStack`. This default reads it in
+        this process; a distributed engine reads each block where it will live.
+        """
+        self.scatter(source.read(0, n_images), n_images)
+
+    def write_arrays(self, writer, names) -> dict:
+        """Write block attributes ``names`` into a :class:`~galdecon.chunked.StoreWriter`.
+
+        Returns the ``{name: {chunk: sha256}}`` of what was written elsewhere (for
+        :meth:`~galdecon.chunked.StoreWriter.finalize`). This default gathers one array
+        at a time and writes it chunk by chunk.
+        """
+        for name in names:
+            array = self.gather(name)
+            for start, stop in writer.chunk_bounds(name):
+                writer.write_block(name, start, array[start:stop])
+            del array
+        return {}
+
     def cancel(self) -> None:  # noqa: B027 - optional hook
         """Ask the running map (if any) to stop soon; it then raises and changes nothing.
 

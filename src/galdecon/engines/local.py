@@ -61,6 +61,11 @@ class LocalEngine(Engine):
         self.blocks = [make_block(arrays, start, stop)
                        for start, stop in block_bounds(n_images, n_blocks)]
 
+    def scatter_source(self, source, n_images: int) -> None:
+        n_blocks = self.n_blocks or -(-n_images // self.block_size)
+        self.blocks = [Block(start=start, **source.read(start, stop))
+                       for start, stop in block_bounds(n_images, n_blocks)]
+
     def cancel(self) -> None:
         self._cancel.set()
 

@@ -125,6 +125,33 @@ def _map_partition(index, tiles, fn, results, generation, scatter_id):
     results.add({(generation, index): values})
 
 
+def _read_tile(bounds, source) -> Block:
+    start, stop = bounds
+    return Block(start=start, **source.read(start, stop))
+
+
+def _write_partition(tiles, writer, names):
+    tiles = list(tiles)
+    if not tiles:
+        return
+    for name in names:
+        block = np.concatenate([getattr(tile, name) for tile in tiles], axis=0)
+        yield name, writer.write_block(name, tiles[0].start, block)
+
+
+def worker_error(exc: BaseException) -> BaseException:
+    """The galdecon error a Spark task raised (e.g. a corrupt chunk), as itself."""
+    from galdecon import errors
+
+    text = str(exc)
+    for name in ("InputError", "OutputError", "ConfigError"):
+        marker = f"galdecon.errors.{name}: "
+        if marker in text:
+            message = text.split(marker, 1)[1].splitlines()[0].strip()
+            return getattr(errors, name)(message)
+    return exc
+
+
 def _reduce_partition(tiles, fn):
     _prepare_worker()
     for tile in tiles:
@@ -364,16 +391,8 @@ class SparkEngine(Engine):
         self._stamp_pixels = int(np.prod(images.shape[1:]))
         self._n_pixels = int(n_images) * self._stamp_pixels
         n_parts = self.partitions or self._sc.defaultParallelism
-        self._bounds = block_bounds(n_images, n_parts)
-        # The same number of tiles in every partition, so that parallelize (which slices a
-        # list evenly) puts exactly the tiles of slice p into partition p.
-        sizes = [stop - start for start, stop in self._bounds]
-        per_part = min(min(sizes), -(-max(sizes) // (self.block_size or max(sizes))))
-        tiles, self._tile_sizes = [], []
-        for start, stop in self._bounds:
-            bounds = [(start + a, start + b) for a, b in block_bounds(stop - start, per_part)]
-            tiles.extend(make_block(arrays, lo, hi) for lo, hi in bounds)
-            self._tile_sizes.append([hi - lo for lo, hi in bounds])
+        tiles = [make_block(arrays, lo, hi)
+                 for lo, hi in self._layout(block_bounds(n_images, n_parts))]
         rdd = self._sc.parallelize(tiles, len(self._bounds)).persist(self._level)
         # Once materialised, the blocks live in the block manager and the driver's copy
         # of the input (held by the parallelized collection's partitions for as long as
@@ -381,6 +400,64 @@ class SparkEngine(Engine):
         rdd.localCheckpoint()
         self._scatter_id = uuid.uuid4().hex
         self._set_state(_State(rdd, 0))
+
+    def _layout(self, bounds) -> list[tuple[int, int]]:
+        """Set the partitions' galaxy ranges and return the tiles' bounds, in order.
+
+        Every partition gets the same number of tiles, so that parallelize (which slices
+        a list evenly) puts exactly the tiles of slice p into partition p.
+        """
+        self._bounds = list(bounds)
+        sizes = [stop - start for start, stop in self._bounds]
+        per_part = min(min(sizes), -(-max(sizes) // (self.block_size or max(sizes))))
+        tiles, self._tile_sizes = [], []
+        for start, stop in self._bounds:
+            part = [(start + a, start + b) for a, b in block_bounds(stop - start, per_part)]
+            tiles.extend(part)
+            self._tile_sizes.append([hi - lo for lo, hi in part])
+        return tiles
+
+    def scatter_source(self, source, n_images: int) -> None:
+        """Each partition reads its own galaxies from the store (none pass the driver).
+
+        Partitions are whole chunks of the images (at most one per chunk), so that the
+        outputs can be written chunk by chunk by the partitions that hold them. The blocks
+        are not lineage-cut: a lost partition is read again from the store.
+        """
+        self._stamp_pixels = int(np.prod(source.shape))
+        self._n_pixels = int(n_images) * self._stamp_pixels
+        n_parts = self.partitions or self._sc.defaultParallelism
+        if n_parts > source.n_chunks:
+            log.info("Spark: %d partitions for %d chunks of the images: one per chunk",
+                     n_parts, source.n_chunks)
+        tiles = self._layout(source.bounds(n_parts))
+        rdd = self._sc.parallelize(tiles, len(self._bounds)).map(
+            partial(_read_tile, source=source)).persist(self._level)
+        try:
+            rdd._jrdd.count()  # read now: a bad chunk is reported here, by name
+        except Exception as exc:
+            rdd.unpersist(blocking=False)
+            raise worker_error(exc) from None
+        self._scatter_id = uuid.uuid4().hex
+        self._set_state(_State(rdd, 0))
+
+    def write_arrays(self, writer, names) -> dict:
+        """Each partition writes its galaxies of ``names`` (whole chunks) to the store."""
+        chunks = {writer.chunk_bounds(name)[0][1] for name in names}
+        aligned = len(chunks) == 1 and all(
+            start % next(iter(chunks)) == 0 for start, _ in self._bounds)
+        if not aligned:  # partitions that share chunks cannot write them in parallel
+            return super().write_arrays(writer, names)
+        rdd = self._require().rdd.mapPartitions(
+            partial(_write_partition, writer=writer, names=tuple(names)))
+        try:
+            written = rdd.collect()
+        except Exception as exc:
+            raise worker_error(exc) from None
+        sums: dict = {name: {} for name in names}
+        for name, part in written:
+            sums[name].update(part)
+        return sums
 
     def cancel(self) -> None:
         """Cancel the running job (PySpark's own SIGINT handler does the same)."""
