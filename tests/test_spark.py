@@ -336,7 +336,7 @@ CLUSTER_SCRIPT = textwrap.dedent("""
     from galdecon.engines.spark import SparkEngine
     from galdecon.problem import Settings
 
-    master, data_dir, out = sys.argv[1:4]
+    master, data_dir, out, store_dir = sys.argv[1:5]
     images = np.load(f"{data_dir}/example_image_stack.npy")
     psfs = np.load(f"{data_dir}/example_psfs.npy")
     settings = Settings(mode="sparse", n_iter=8, tolerance=0.0, n_reweights=0)
@@ -355,10 +355,27 @@ CLUSTER_SCRIPT = textwrap.dedent("""
             results[name] = (engine.gather("primal"), engine.gather("dual"), history.costs)
         facts = spark.facts()
         executors = status().size()
+        # the same run on chunked stores: the executors read and write the chunks
+        store = None
+        if store_dir != "-":
+            import galdecon
+            from galdecon import chunked
+            from galdecon.sources import StoreStack
+
+            chunked.write_store(f"{store_dir}/in.zarr", {"images": images, "psfs": psfs},
+                                chunk=25)
+            run = galdecon.deconvolve(StoreStack.open(f"{store_dir}/in.zarr"), None,
+                                      engine="spark", spark=spark.spark, partitions=4,
+                                      sync_every=4, n_iter=8, tolerance=0.0, n_reweights=0,
+                                      output=chunked.create_store(f"{store_dir}/out.zarr"))
+            xz = run.store.read("primal")
+            store = float(np.linalg.norm(xz - results["local"][0])
+                          / np.linalg.norm(results["local"][0]))
     (xs, ys, cs), (xl, yl, cl) = results["spark"], results["local"]
     json.dump({"x": float(np.linalg.norm(xs - xl) / np.linalg.norm(xl)),
                "y": float(np.linalg.norm(ys - yl) / np.linalg.norm(yl)),
-               "costs": [cs, cl], "facts": facts, "executors": executors}, open(out, "w"))
+               "costs": [cs, cl], "facts": facts, "executors": executors, "store": store},
+              open(out, "w"))
 """)
 
 
@@ -372,10 +389,18 @@ def test_standalone_cluster_equals_local(tmp_path, request):
     cluster.start()
     script, out = tmp_path / "run.py", tmp_path / "out.json"
     script.write_text(CLUSTER_SCRIPT)
+    try:
+        import zarr  # noqa: F401 - the chunked extra
+        store_dir = tmp_path
+    except ImportError:
+        store_dir = "-"
     done = subprocess.run([sys.executable, str(script), cluster.url, str(EXAMPLE_DIR),
-                           str(out)], capture_output=True, text=True, timeout=300)
+                           str(out), str(store_dir)], capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
+    if store_dir != "-":  # chunked stores read and written by the two executors
+        assert result["store"] <= 1e-10
     assert result["facts"]["master"] == cluster.url
     assert result["executors"] == 3  # the driver and one executor per worker
     assert result["x"] <= 1e-10 and result["y"] <= 1e-10
