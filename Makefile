@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= test,spark,sim
+EXTRAS ?= test,spark,sim,chunked
 
 .PHONY: install demo test bench lint clean
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from galdecon import io
 from galdecon.cli import HelpFormatter, OptionFileParser, _aliases, _positive_int
-from galdecon.errors import InputError
+from galdecon.errors import ConfigError, InputError
 
 
 def _positive_float(text: str) -> float:
@@ -68,11 +68,15 @@ def add_simulate_parser(sub) -> argparse.ArgumentParser:
         sub, "simulate", "simulate galaxies, PSFs and noisy observations with known truth",
         "Simulate a GREAT3-like stack with GalSim: bulge+disk galaxies, Euclid-like optical "
         "PSFs varying across the field, observations Y = H X + noise at several SNRs "
-        "(sigma_i = std(H_i X_i) / SNR). Writes one .npz data set; the same seed gives the "
-        "same bytes.")
+        "(sigma_i = std(H_i X_i) / SNR). Writes one .npz data set (the same seed gives the "
+        "same bytes), or a chunked store (NAME.zarr or a URL) written chunk by chunk by "
+        "the worker processes, never held in memory (the same arrays as the .npz).")
     out = p.add_argument_group("output")
-    out.add_argument(*_aliases("-o", "--output"), required=True, metavar="DATASET.npz",
-                     help="the data set file to write (.npz)")
+    out.add_argument(*_aliases("-o", "--output"), required=True, metavar="DATASET",
+                     help="the data set to write: an .npz file, or a chunked store "
+                          "(NAME.zarr, file://, s3://, ...; see galdecon convert)")
+    out.add_argument("--chunk", type=_positive_int, default=None, metavar="N",
+                     help="galaxies per chunk of a store (default 1024; stores only)")
     out.add_argument(*_aliases("--export-npy"), metavar="DIR", default=None,
                      help="also write DIR/truth.npy, psfs.npy, clean.npy, "
                           "noisy_snr{S}.npy and catalogue.csv (inputs of galdecon deconvolve)")
@@ -122,15 +126,25 @@ def _export_paths(directory: Path, snr) -> dict:
 
 def run_simulate(args) -> int:
     """``galdecon simulate``: draw, write the data set (and the npy export)."""
+    from galdecon import chunked
     from galdecon.simulate import Population, export_npy, simulate, write_dataset
 
-    output = Path(args.output)
-    if not output.name.lower().endswith(".npz"):
-        raise InputError(f"{output}: the data set is an .npz file; name it *.npz")
+    to_store = chunked.is_store(args.output)
+    output = args.output if to_store else Path(args.output)
+    if not to_store and not output.name.lower().endswith(".npz"):
+        raise InputError(f"{output}: the data set is an .npz file or a store; name it *.npz "
+                         "or *.zarr")
+    if to_store and args.export_npy:
+        raise ConfigError("--export-npy needs an .npz output; export the arrays of a store "
+                          "with galdecon convert STORE.zarr DIR/truth.npy --array truth")
+    if not to_store and args.chunk is not None:
+        raise ConfigError("--chunk is for a store output (NAME.zarr); an .npz has no chunks")
     inputs = [args.psf_file] if args.psf_file else []
     io.check_inputs_exist(inputs)
     paths = {"dataset": output}
-    if args.export_npy:
+    if to_store:
+        paths = {}  # the store checks its own target
+    elif args.export_npy:
         export_dir = Path(args.export_npy)
         if export_dir.exists() and not export_dir.is_dir():
             raise InputError(f"{export_dir}: --export-npy expects a directory")
@@ -153,6 +167,8 @@ def run_simulate(args) -> int:
     progress = _simulate_progress if show else None
     t0 = time.perf_counter()
     population = Population(clumpy_fraction=args.clumpy_fraction, median_hlr=args.median_hlr)
+    if to_store:
+        return _simulate_store(args, psfs, population, progress, show, t0)
     dataset = simulate(args.n_galaxies, seed=args.seed, snr=args.snr,
                        stamp_size=args.stamp_size, pixel_scale=args.pixel_scale,
                        psf_bank=args.psf_bank, psfs=psfs, population=population,
@@ -176,6 +192,36 @@ def run_simulate(args) -> int:
               f"{np.median(cat['e']):.3f}, clumpy {int(cat['clumpy'].sum())}")
         for path in written:
             print(f"  wrote {path}")
+    return 0
+
+
+def _simulate_store(args, psfs, population, progress, show, t0) -> int:
+    """``galdecon simulate -o NAME.zarr``: workers write the chunks as they draw them."""
+    from galdecon.simulate import simulate_to_store
+
+    run = {}
+    if args.psf_file:
+        run["psf_file"] = {"path": str(args.psf_file), "sha256": io.sha256(args.psf_file)}
+    command = (f"galdecon simulate -n {args.n_galaxies} -o {args.output} --seed {args.seed} "
+               f"--snr {' '.join(f'{s:g}' for s in args.snr)}")
+    store, summary = simulate_to_store(
+        args.output, args.n_galaxies, seed=args.seed, snr=args.snr,
+        stamp_size=args.stamp_size, pixel_scale=args.pixel_scale, psf_bank=args.psf_bank,
+        psfs=psfs, population=population, workers=args.workers, chunk=args.chunk,
+        overwrite=args.overwrite, progress=progress,
+        provenance={"command": command, "run": run,
+                    "sources": [args.psf_file] if args.psf_file else []})
+    if show:
+        sys.stderr.write("\n")
+    if not args.quiet:
+        meta = store.provenance["run"]
+        print(f"galdecon simulate: {args.n_galaxies} galaxies of {args.stamp_size}x"
+              f"{args.stamp_size} pixels, seed {args.seed}, PSFs: {meta['psf_mode']}, SNR "
+              f"{' '.join(f'{s:g}' for s in meta['snr'])}, {time.perf_counter() - t0:.1f} s")
+        print(f"  median half-light radius {np.median(summary['hlr']):.3f} arcsec, median |e| "
+              f"{np.median(summary['e']):.3f}, clumpy {int(summary['clumpy'].sum())}")
+        print(f"  wrote {args.output}: {', '.join(store.names)} in "
+              f"{len(store.chunk_bounds('truth'))} chunk(s) of {store.chunk('truth')} galaxies")
     return 0
 
 

@@ -43,7 +43,7 @@ log = logging.getLogger("galdecon")
 
 __all__ = ["DEFAULT_SNR", "Optics", "Population", "add_noise", "draw_galaxy", "draw_psf",
            "export_npy", "field_aberrations", "galaxy_parameters", "read_dataset", "simulate",
-           "write_dataset"]
+           "simulate_to_store", "write_dataset"]
 
 DEFAULT_SNR = (1.0, 2.0, 3.0, 5.0, 10.0)
 STAMP_SIZE = 41
@@ -254,11 +254,12 @@ def _catalogue(rows: list[dict], snr: np.ndarray, sigma: np.ndarray) -> np.ndarr
     return cat
 
 
-def add_noise(clean: np.ndarray, snr, seed: int) -> tuple[dict, np.ndarray]:
+def add_noise(clean: np.ndarray, snr, seed: int, offset: int = 0) -> tuple[dict, np.ndarray]:
     r"""Return ``({snr: noisy stack}, sigma)``, :math:`\sigma_i = \mathrm{std}(HX_i)/\mathrm{SNR}`.
 
     The noise of galaxy ``i`` at level ``s`` comes from its own stream ``(seed, i, s)``, so
-    adding a level or a galaxy does not change the others.
+    adding a level or a galaxy does not change the others. ``clean`` holds galaxies
+    ``offset, offset + 1, ...`` (a chunk of a larger stack).
     """
     snr = np.asarray(snr, dtype=np.float64)
     std = clean.reshape(clean.shape[0], -1).std(axis=1)
@@ -266,8 +267,8 @@ def add_noise(clean: np.ndarray, snr, seed: int) -> tuple[dict, np.ndarray]:
     noisy = {}
     for k, level in enumerate(snr):
         key = int(round(level * 1000))
-        unit = np.stack([_rng(seed, _NOISE_STREAM, i, key).standard_normal(clean.shape[1:])
-                         for i in range(clean.shape[0])])
+        unit = np.stack([_rng(seed, _NOISE_STREAM, offset + i, key)
+                         .standard_normal(clean.shape[1:]) for i in range(clean.shape[0])])
         noisy[float(level)] = clean + sigma[:, k, None, None] * unit
     return noisy, sigma
 
@@ -339,30 +340,47 @@ def simulate(n: int, *, seed: int = 0, snr=DEFAULT_SNR, stamp_size: int = STAMP_
               "population": dataclasses.asdict(population),
               "optics": dataclasses.asdict(optics)}
     truth, psf_stack, rows = _draw_all(int(n), config, workers, chunk_size, progress)
-
     if psf_mode != "field":
-        if psf_mode == "bank":
-            bank, bank_rows = _psf_bank(seed, int(psf_bank), optics, stamp_size, pixel_scale)
-        else:
-            bank = np.asarray(psfs, dtype=np.float64)
-            bank = bank[None] if bank.ndim == 2 else bank
-            # no field position or aberrations are known for PSFs from a file
-            bank_rows = [{"field_x": np.nan, "field_y": np.nan}] * bank.shape[0]
-        choice = [min(int(row["bank_draw"] * bank.shape[0]), bank.shape[0] - 1)
-                  for row in rows]
-        psf_stack = bank[choice]
-        for row, b in zip(rows, choice, strict=True):
-            row |= bank_rows[b] | {"psf_index": b}
-
+        psf_stack = _assign_psfs(rows, *_bank(psf_mode, config, psf_bank, psfs, optics))
     clean = Convolution(psf_stack, truth.shape[1:], "periodic").op(truth)
     noisy, sigma = add_noise(clean, snr, seed)
-    meta = config | {"format": "galdecon-simulation", "version": 1, "n": int(n),
-                     "snr": list(snr), "psf_bank": psf_bank,
-                     "noise": "sigma_i = std(H_i X_i) / SNR, periodic convolution",
-                     "versions": _versions()}
+    meta = _meta(config, n, snr, psf_bank)
     return {"truth": truth, "psfs": psf_stack, "clean": clean, "noisy": noisy,
             "snr": np.asarray(snr), "sigma": sigma,
             "catalogue": _catalogue(rows, np.asarray(snr), sigma), "meta": meta}
+
+
+def _bank(psf_mode, config, psf_bank, psfs, optics):
+    """The PSFs galaxies choose from (bank or file mode) and their catalogue entries."""
+    if psf_mode == "bank":
+        return _psf_bank(config["seed"], int(psf_bank), optics, config["stamp_size"],
+                         config["pixel_scale"])
+    bank = np.asarray(psfs, dtype=np.float64)
+    bank = bank[None] if bank.ndim == 2 else bank
+    # no field position or aberrations are known for PSFs from a file
+    return bank, [{"field_x": np.nan, "field_y": np.nan}] * bank.shape[0]
+
+
+def _assign_psfs(rows: list[dict], bank: np.ndarray, bank_rows: list[dict]) -> np.ndarray:
+    """Give each galaxy the bank PSF its ``bank_draw`` picks; record it in its row."""
+    choice = [min(int(row["bank_draw"] * bank.shape[0]), bank.shape[0] - 1) for row in rows]
+    for row, b in zip(rows, choice, strict=True):
+        row |= bank_rows[b] | {"psf_index": b}
+    return bank[choice]
+
+
+def _meta(config: dict, n: int, snr, psf_bank) -> dict:
+    return config | {"format": "galdecon-simulation", "version": 1, "n": int(n),
+                     "snr": list(snr), "psf_bank": psf_bank,
+                     "noise": "sigma_i = std(H_i X_i) / SNR, periodic convolution",
+                     "versions": _versions()}
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _draw_all(n, config, workers, chunk_size, progress):
@@ -371,7 +389,7 @@ def _draw_all(n, config, workers, chunk_size, progress):
     psfs = np.empty_like(truth) if config["psf_mode"] == "field" else None
     rows: list = [None] * n
     chunks = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
-    workers = min(workers or os.cpu_count() or 1, len(chunks))
+    workers = min(workers or _available_cores(), len(chunks))
     done = 0
 
     def store(result):
@@ -403,3 +421,138 @@ def _versions() -> dict:
     from galdecon import __version__
 
     return {"galdecon": __version__, "galsim": _galsim().__version__}
+
+
+# -- straight into a chunked store -------------------------------------------------------
+
+def _store_arrays(n: int, snr, stamp_size: int, psf_shape) -> dict:
+    """Name -> (shape, dtype) of the arrays of a simulated store, as in the .npz."""
+    from galdecon.dataset import snr_label
+
+    stack = (n, stamp_size, stamp_size)
+    arrays = {"truth": (stack, np.float64), "psfs": ((n, *psf_shape), np.float64),
+              "clean": (stack, np.float64)}
+    for level in snr:
+        arrays[f"noisy_snr{snr_label(level)}"] = (stack, np.float64)
+    dtype = CATALOGUE_FIELDS + [("snr", "f8", (len(snr),)), ("sigma", "f8", (len(snr),))]
+    arrays["sigma"] = ((n, len(snr)), np.float64)
+    arrays["catalogue"] = ((n,), np.dtype(dtype))
+    return arrays
+
+
+def _simulate_chunk(writer, start: int, stop: int, config: dict, snr: tuple, bank) -> tuple:
+    """Draw galaxies ``start..stop-1`` completely and write them; return their checksums."""
+    from galdecon.dataset import snr_label
+
+    _, truth, psfs, rows = _draw_chunk(start, stop, config)
+    if psfs is None:
+        psfs = _assign_psfs(rows, *bank)
+    clean = Convolution(psfs, truth.shape[1:], "periodic").op(truth)
+    noisy, sigma = add_noise(clean, snr, config["seed"], offset=start)
+    catalogue = _catalogue(rows, np.asarray(snr), sigma)
+    blocks = {"truth": truth, "psfs": psfs, "clean": clean}
+    blocks |= {f"noisy_snr{snr_label(level)}": noisy[float(level)] for level in snr}
+    blocks |= {"sigma": sigma, "catalogue": catalogue}
+    sums = {name: writer.write_block(name, start, block) for name, block in blocks.items()}
+    return start, stop, sums, catalogue[["hlr", "e", "clumpy"]].copy()
+
+
+def simulate_to_store(url, n: int, *, seed: int = 0, snr=DEFAULT_SNR,
+                      stamp_size: int = STAMP_SIZE, pixel_scale: float = PIXEL_SCALE,
+                      psf_bank: int | None = None, psfs=None,
+                      population: Population = Population(), optics: Optics = Optics(),
+                      workers: int | None = None, chunk: int | None = None,
+                      overwrite: bool = False, compression: str = "zstd",
+                      provenance: dict | None = None, progress=None):
+    """Simulate like :func:`simulate`, writing each chunk of galaxies into a store as drawn.
+
+    Worker processes each draw a chunk of galaxies — truth, PSFs, :math:`HX`, the noisy
+    stacks, σ and the catalogue rows, with the same per-galaxy streams as :func:`simulate`,
+    so the arrays are identical to the ``.npz`` of the same seed — and write it; this
+    process only merges the chunks' checksums and writes the manifest. No process ever
+    holds more than a chunk.
+
+    Parameters
+    ----------
+    url : str or path
+        The store (``NAME.zarr`` or a URL, see :mod:`galdecon.chunked`).
+    n, seed, snr, stamp_size, pixel_scale, psf_bank, psfs, population, optics
+        As for :func:`simulate`.
+    workers : int, optional
+        Processes (default: the available cores, at most one per chunk); the result does
+        not depend on it.
+    chunk : int, optional
+        Galaxies per chunk of the store (default :data:`galdecon.chunked.DEFAULT_CHUNK`).
+    overwrite : bool
+        Replace an existing store (once the new one is complete).
+    compression : {'zstd', 'none'}
+        Codec of the chunks.
+    provenance : dict, optional
+        ``command``, ``sources`` and ``run`` for the manifest; ``run`` is merged into the
+        simulation's settings (the ``meta`` of :func:`simulate`).
+    progress : callable, optional
+        ``progress(done, n)`` after each chunk is written.
+
+    Returns
+    -------
+    store : galdecon.chunked.Store
+        Arrays ``truth``, ``psfs``, ``clean``, ``noisy_snr{S}``, ``sigma``, ``catalogue``
+        (the members of the ``.npz``); the settings are ``store.provenance["run"]``.
+    summary : ndarray
+        The ``hlr``, ``e`` and ``clumpy`` fields of the catalogue.
+    """
+    from galdecon import chunked
+
+    snr = tuple(float(s) for s in np.atleast_1d(snr))
+    _check(n, snr, psf_bank, psfs, stamp_size)
+    chunk = chunked.DEFAULT_CHUNK if chunk is None else int(chunk)
+    if chunk < 1:
+        raise ConfigError(f"chunk={chunk}: expected galaxies per chunk >= 1")
+    psf_mode = "file" if psfs is not None else "bank" if psf_bank is not None else "field"
+    config = {"seed": int(seed), "stamp_size": int(stamp_size),
+              "pixel_scale": float(pixel_scale), "psf_mode": psf_mode,
+              "population": dataclasses.asdict(population),
+              "optics": dataclasses.asdict(optics)}
+    provenance = dict(provenance or {})
+    provenance["run"] = _meta(config, n, snr, psf_bank) | dict(provenance.get("run") or {})
+    with chunked.create_store(url, overwrite=overwrite, provenance=provenance) as writer:
+        bank = None if psf_mode == "field" else _bank(psf_mode, config, psf_bank, psfs, optics)
+        psf_shape = (stamp_size, stamp_size) if bank is None else bank[0].shape[1:]
+        for name, (shape, dtype) in _store_arrays(int(n), snr, stamp_size, psf_shape).items():
+            writer.create_array(name, shape, dtype, chunk, compression)
+        chunks = writer.chunk_bounds("truth")
+        workers = min(workers or _available_cores(), len(chunks))
+        summary = np.empty(int(n), dtype=[("hlr", "f8"), ("e", "f8"), ("clumpy", "?")])
+        sums: dict = {}
+        done = 0
+
+        def collect(result):
+            nonlocal done
+            start, stop, chunk_sums, rows = result
+            for name, value in chunk_sums.items():
+                sums.setdefault(name, {}).update(value)
+            summary[start:stop] = rows
+            done += stop - start
+            log.debug("simulate: %d/%d galaxies written", done, n)
+            if progress is not None:
+                progress(done, int(n))
+
+        if workers <= 1:
+            for a, b in chunks:
+                collect(_simulate_chunk(writer, a, b, config, snr, bank))
+        else:
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+                futures = [pool.submit(_simulate_chunk, writer, a, b, config, snr, bank)
+                           for a, b in chunks]
+                try:
+                    for future in concurrent.futures.as_completed(futures):
+                        collect(future.result())
+                except BaseException as exc:
+                    for future in futures:  # the store is removed: draw no more chunks
+                        future.cancel()
+                    if isinstance(exc, concurrent.futures.process.BrokenProcessPool):
+                        raise EngineError(f"{url}: a simulation worker process died ({exc})"
+                                          ) from None
+                    raise
+        return writer.finalize(sums), summary
