@@ -199,8 +199,11 @@ def is_store(url) -> bool:
     if where.local is None:
         return True
     local = where.local
-    return local.is_dir() and any((local / name).is_file()
-                                  for name in (MANIFEST, ".zgroup", "zarr.json"))
+    try:
+        return local.is_dir() and any((local / name).is_file()
+                                      for name in (MANIFEST, ".zgroup", "zarr.json"))
+    except (OSError, ValueError):  # a name too long, a NUL byte: not a store
+        return False
 
 
 # -- helpers on arrays -------------------------------------------------------------------

@@ -11,15 +11,17 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import shlex
 import signal
+import stat
 import sys
 import time
 import warnings
 from pathlib import Path
 
-from galdecon import __version__, io
+from galdecon import __version__, io, memory
 from galdecon.errors import (
     ConfigError,
     GalDeconError,
@@ -49,8 +51,46 @@ class OptionFileParser(argparse.ArgumentParser):
     """An ArgumentParser whose ``@file`` lines are split like a shell (data only).
 
     Each line may hold an option and its values; ``#`` starts a comment. Nothing in the
-    file is evaluated or expanded (no variables, globs or commands).
+    file is evaluated or expanded (no variables, globs or commands). Files are read as
+    UTF-8; a file may name another (``@other``), at most :attr:`max_depth` deep.
     """
+
+    #: How deep option files may include one another (a file including itself stops here).
+    max_depth = 8
+
+    def _read_args_from_files(self, arg_strings, depth=0):
+        # Replaces argparse's own expansion, which recurses without limit (a file naming
+        # itself ends in RecursionError), decodes with the locale's codec and lets a decoding
+        # error or a NUL in the name escape, and opens FIFOs (blocking for ever).
+        out = []
+        for arg in arg_strings:
+            if not arg or arg[0] not in self.fromfile_prefix_chars:
+                out.append(arg)
+                continue
+            name = arg[1:]
+            if depth >= self.max_depth:
+                raise ConfigError(f"option file {name}: option files nested more than "
+                                  f"{self.max_depth} deep (does one include itself?)")
+            out.extend(self._read_args_from_files(self._option_file_args(name), depth + 1))
+        return out
+
+    def _option_file_args(self, name: str) -> list[str]:
+        if "\x00" in name:
+            raise ConfigError(f"option file {name!r}: the name contains a NUL byte")
+        try:
+            if not stat.S_ISREG(os.stat(name).st_mode):
+                raise ConfigError(f"option file {name}: not a regular file")
+            with open(name, encoding="utf-8") as handle:
+                text = handle.read()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"option file {name}: not UTF-8 text ({exc.reason} at byte "
+                              f"{exc.start})") from None
+        except OSError as exc:
+            raise ConfigError(f"option file {name}: {exc.strerror or exc}") from None
+        args = []
+        for line in text.splitlines():
+            args.extend(self.convert_arg_line_to_args(line))
+        return args
 
     def convert_arg_line_to_args(self, arg_line: str):
         try:
@@ -226,6 +266,8 @@ def add_deconvolve_parser(sub) -> argparse.ArgumentParser:
                      help="threads of the local engine (default: available cores)")
     eng.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar on stderr (default: when stderr is a terminal)")
+    eng.add_argument("--force", action="store_true",
+                     help="run even when the memory estimate exceeds the memory available")
     return p
 
 
@@ -381,7 +423,12 @@ def run_deconvolve(args, argv=None) -> int:
     if stored and (args.clean_data or not all(is_store_spec(s) for s in inputs if s)):
         raise ConfigError(f"{args.input} is a chunked store: give the PSFs (and -k) as "
                           "stores too; -c/--clean-data is not supported with stores "
-                          "(evaluate the output store with galdecon evaluate)")
+                          "(galdecon convert STEM.zarr[primal] to .npy, then galdecon evaluate)")
+    if not stored:  # from the headers alone, before anything is read
+        memory.check_inputs(args.input, args.psf, settings, force=args.force,
+                            initial_primal=args.current_res, truth=args.clean_data,
+                            engine=args.engine, threads=args.threads)
+    limit = math.inf if args.force else None  # read_array's default: the memory available
 
     names = {"images": args.input, "psfs": args.psf, "primal": args.current_res,
              "truth": args.clean_data}
@@ -392,11 +439,12 @@ def run_deconvolve(args, argv=None) -> int:
                                      args.current_res if not resume else None, args.dtype)
             psfs = primal = truth = None
         else:
-            images = io.read_array(args.input)
-            psfs = io.read_array(args.psf)
-            primal = (io.read_array(args.current_res) if args.current_res and not resume
-                      else None)
-            truth = io.read_array(args.clean_data) if args.clean_data else None
+            images = io.read_array(args.input, max_bytes=limit)
+            psfs = io.read_array(args.psf, max_bytes=limit)
+            primal = (io.read_array(args.current_res, max_bytes=limit)
+                      if args.current_res and not resume else None)
+            truth = (io.read_array(args.clean_data, max_bytes=limit) if args.clean_data
+                     else None)
         names = {k: str(v) for k, v in names.items() if v}
 
         engine_opts = {}
@@ -550,7 +598,9 @@ def main(argv=None) -> int:
                   file=sys.stderr)
         return 128 + exc.signum
     except GalDeconError as exc:
-        print(f"galdecon: error: {exc}", file=sys.stderr)
+        # One line whatever the message holds (a file name may contain a newline).
+        text = str(exc).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"galdecon: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("galdecon: interrupted", file=sys.stderr)
