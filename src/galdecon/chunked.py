@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from galdecon.errors import ConfigError, EngineError, InputError, OutputError
+from galdecon.io import json_default
 
 FORMAT = "galdecon-stack"
 FORMAT_VERSION = 1
@@ -242,16 +243,6 @@ def _galaxies(a: int, b: int) -> str:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _file_sha256(path) -> str:
@@ -900,7 +891,7 @@ class StoreWriter:
         manifest = {"format": FORMAT, "version": FORMAT_VERSION, "zarr_format": ZARR_FORMAT,
                     "n_galaxies": galaxy_lengths.pop() if galaxy_lengths else None,
                     "arrays": arrays, "provenance": self._provenance}
-        text = json.dumps(manifest, indent=1, default=_json_default) + "\n"
+        text = json.dumps(manifest, indent=1, default=json_default) + "\n"
         self._work.write_bytes(MANIFEST, text.encode("utf-8"))
         if self._where.local is not None:
             self._publish_local()
@@ -1055,7 +1046,7 @@ def _provenance(given) -> dict:
         if key in given:
             made[key] = given[key]
     try:
-        json.dumps(made, default=_json_default)
+        json.dumps(made, default=json_default)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"provenance: not JSON-serialisable ({exc})") from None
     return made

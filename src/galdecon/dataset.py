@@ -32,7 +32,7 @@ def snr_label(level: float) -> str:
 
 
 def _members(dataset: dict):
-    yield "meta", np.array(json.dumps(dataset["meta"], sort_keys=True, default=io._json_default))
+    yield "meta", np.array(json.dumps(dataset["meta"], sort_keys=True, default=io.json_default))
     for key in ARRAYS:
         yield key, np.asarray(dataset[key])
     for level in dataset["snr"]:

@@ -670,11 +670,12 @@ def write_json(path: Path, data: dict) -> Path:
     """Write JSON atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(data, indent=2, default=json_default) + "\n")
     return path
 
 
-def _json_default(value):
+def json_default(value):
+    """JSON for numpy scalars and arrays and paths (``json.dumps(..., default=...)``)."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
