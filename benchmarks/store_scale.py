@@ -116,7 +116,9 @@ def main(argv=None) -> int:
                 capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(
                     Path(__file__).resolve().parent)))
             if done.returncode != 0:
-                print(done.stderr[-3000:], file=sys.stderr)
+                causes = [line for line in done.stderr.splitlines()
+                          if "Error" in line or "Exception" in line][:20]
+                print("\n".join(causes) + "\n...\n" + done.stderr[-2000:], file=sys.stderr)
                 return 1
             row = json.loads(done.stdout.strip().splitlines()[-1])
             row |= {"n": n, "write_input_s": write_s,

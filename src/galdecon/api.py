@@ -263,9 +263,9 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
                     raise
                 if not eng.recoverable:
                     raise
-                if len(failures) >= recoveries:
-                    raise _engine_failure(eng, exc, failures, checkpointer) from exc
                 failures.append(_first_line(exc))
+                if len(failures) > recoveries or not eng.usable():
+                    raise _engine_failure(eng, failures, checkpointer) from exc
                 if checkpointer is not None and checkpointer.written is not None:
                     start = ckpt.load(checkpointer.directory)
                 log.warning("%s engine failed (%s); restarting from %s", eng.name,
@@ -366,15 +366,20 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:400]
 
 
-def _engine_failure(eng, exc, failures, checkpointer) -> EngineError:
+def _engine_failure(eng, failures, checkpointer) -> EngineError:
     """The error of a run the engine could not finish, saying how to go on."""
-    tries = f" after {len(failures)} restart(s)" if failures else ""
+    restarts = len(failures) - 1
+    tries = f" after {restarts} restart(s)" if restarts else ""
+    if not eng.usable():
+        tries += " and cannot go on (its session has stopped)"
+    cause = failures[-1] if len(set(failures)) == 1 else (
+        f"{failures[-1]} (first failure: {failures[0]})")
     if checkpointer is not None and checkpointer.written is not None:
         hint = (f"; the state after {checkpointer.written} iterations is saved in "
                 f"{checkpointer.directory} (resume with --resume {checkpointer.directory})")
     else:
         hint = "; no checkpoint was written"
-    return EngineError(f"the {eng.name} engine failed{tries}: {_first_line(exc)}{hint}")
+    return EngineError(f"the {eng.name} engine failed{tries}: {cause}{hint}")
 
 
 def _psf_sums(block) -> tuple[int, int, float]:

@@ -258,7 +258,8 @@ def add_deconvolve_parser(sub) -> argparse.ArgumentParser:
                      help="Spark master URL (default local[*,4]: every core, 4 attempts a task); "
                           "e.g. spark://host:7077")
     eng.add_argument("--partitions", "--pn", type=_positive_int, default=None,
-                     help="Spark partitions (blocks); default: 2 x default parallelism")
+                     help="Spark partitions (blocks); default: Spark's default parallelism, "
+                          "or more so that each holds at most 256 MiB of state")
     eng.add_argument(*_aliases("--sync-every"), type=_positive_int, default=None, metavar="K",
                      help="iterations per synchronisation (default 4 x cost-window locally, "
                           "16 x cost-window on Spark); results do not depend on it")
@@ -385,7 +386,7 @@ def cli_options(args) -> dict:
     for key, value in vars(args).items():
         if key in NOT_RESUMED:
             continue
-        if key in PATH_OPTIONS and value is not None:
+        if key in PATH_OPTIONS and value is not None and "://" not in str(value):
             path, hdu = io.split_hdu(value)
             value = str(path.resolve()) + (f"[{hdu}]" if hdu is not None else "")
         out[key] = value

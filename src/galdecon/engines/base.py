@@ -70,6 +70,10 @@ class Engine(abc.ABC):
             del array
         return {}
 
+    def usable(self) -> bool:
+        """Whether the engine can still run jobs (a Spark session may have stopped)."""
+        return True
+
     def cancel(self) -> None:  # noqa: B027 - optional hook
         """Ask the running map (if any) to stop soon; it then raises and changes nothing.
 

@@ -45,6 +45,10 @@ from galdecon.solver import Block
 log = logging.getLogger("galdecon")
 
 DEFAULT_BLOCK_SIZE = 64
+# Default partitions hold at most this much state (images, PSFs, primal, a 3-band dual,
+# full weights: about 8 stamp-sized float64 arrays a galaxy).
+PARTITION_BYTES = 256 * 2**20
+STATE_ARRAYS_PER_GALAXY = 8
 # Every core, and a failed task (a Python worker that died) retried up to 3 times, as the
 # standalone scheduler does by default (spark.task.maxFailures = 4).
 DEFAULT_MASTER = "local[*,4]"
@@ -390,7 +394,7 @@ class SparkEngine(Engine):
         images = arrays["images"]
         self._stamp_pixels = int(np.prod(images.shape[1:]))
         self._n_pixels = int(n_images) * self._stamp_pixels
-        n_parts = self.partitions or self._sc.defaultParallelism
+        n_parts = self._default_partitions(n_images)
         tiles = [make_block(arrays, lo, hi)
                  for lo, hi in self._layout(block_bounds(n_images, n_parts))]
         rdd = self._sc.parallelize(tiles, len(self._bounds)).persist(self._level)
@@ -400,6 +404,18 @@ class SparkEngine(Engine):
         rdd.localCheckpoint()
         self._scatter_id = uuid.uuid4().hex
         self._set_state(_State(rdd, 0))
+
+    def _default_partitions(self, n_images: int) -> int:
+        """The partitions asked for, or Spark's default parallelism, or more.
+
+        Enough that no partition's state exceeds :data:`PARTITION_BYTES`: Spark caches a
+        partition as one block, and a block of gigabytes exhausts the JVM heap however
+        it spills.
+        """
+        if self.partitions:
+            return self.partitions
+        state = n_images * self._stamp_pixels * 8 * STATE_ARRAYS_PER_GALAXY
+        return max(self._sc.defaultParallelism, -(-state // PARTITION_BYTES))
 
     def _layout(self, bounds) -> list[tuple[int, int]]:
         """Set the partitions' galaxy ranges and return the tiles' bounds, in order.
@@ -426,7 +442,7 @@ class SparkEngine(Engine):
         """
         self._stamp_pixels = int(np.prod(source.shape))
         self._n_pixels = int(n_images) * self._stamp_pixels
-        n_parts = self.partitions or self._sc.defaultParallelism
+        n_parts = self._default_partitions(n_images)
         if n_parts > source.n_chunks:
             log.info("Spark: %d partitions for %d chunks of the images: one per chunk",
                      n_parts, source.n_chunks)
@@ -458,6 +474,13 @@ class SparkEngine(Engine):
         for name, part in written:
             sums[name].update(part)
         return sums
+
+    def usable(self) -> bool:
+        """Whether the SparkContext is still running (a JVM out of memory stops it)."""
+        try:
+            return not self._sc._jsc.sc().isStopped()
+        except Exception:
+            return False
 
     def cancel(self) -> None:
         """Cancel the running job (PySpark's own SIGINT handler does the same)."""
