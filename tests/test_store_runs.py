@@ -73,6 +73,11 @@ def test_store_shapes_are_checked_from_the_manifests(stores, example, tmp_path):
     chunked.write_store(tmp_path / "nan.zarr", {"images": bad, "psfs": psfs}, chunk=15)
     with pytest.raises(InputError, match=r"nan.zarr\[images\]: image 37 contains NaN"):
         galdecon.deconvolve(StoreStack.open(tmp_path / "nan.zarr"), None, **OPTIONS)
+    dark = psfs.copy()
+    dark[41] = 0.0
+    chunked.write_store(tmp_path / "dark.zarr", {"images": images, "psfs": dark}, chunk=15)
+    with pytest.raises(InputError, match=r"dark.zarr\[psfs\]: PSF 41 is all zeros"):
+        galdecon.deconvolve(StoreStack.open(tmp_path / "dark.zarr"), None, **OPTIONS)
 
 
 def counting_reads(monkeypatch) -> list:

@@ -166,9 +166,14 @@ class StoreStack:
         out = {"images": np.ascontiguousarray(images, dtype=self.dtype)}
         p_store, p_name = self.psfs
         psfs = p_store.read(p_name) if self.shared_psf else p_store.read(p_name, start, stop)
-        out["psfs"] = np.ascontiguousarray(_finite(psfs, p_store.url, p_name,
-                                                   0 if self.shared_psf else start, "PSF"),
-                                           dtype=self.dtype)
+        offset = 0 if self.shared_psf else start
+        psfs = _finite(psfs, p_store.url, p_name, offset, "PSF")
+        flat = psfs.reshape(-1, psfs.shape[-2] * psfs.shape[-1])
+        zero = np.flatnonzero(~flat.any(axis=1))
+        if zero.size:
+            raise InputError(f"{p_store.url}[{p_name}]: PSF {offset + int(zero[0])} is all "
+                             "zeros; expected a PSF with non-zero pixels summing to 1")
+        out["psfs"] = np.ascontiguousarray(psfs, dtype=self.dtype)
         out["primal"] = None
         if self.primal is not None:
             q_store, q_name = self.primal
@@ -182,19 +187,6 @@ class StoreStack:
                 if key in self.state.names:
                     out[key] = self.state.read(key, start, stop)
         return out
-
-    def psf_sums(self, start: int, stop: int) -> tuple[int, int, float]:
-        """(PSFs not summing to 1, the first one's index, its sum) among ``[start, stop)``."""
-        p_store, p_name = self.psfs
-        psfs = p_store.read(p_name) if self.shared_psf else p_store.read(p_name, start, stop)
-        psfs = np.asarray(psfs, dtype=np.float64).reshape(-1, int(np.prod(psfs.shape[-2:])))
-        sums = psfs.sum(axis=1)
-        bad = np.flatnonzero(np.abs(sums - 1.0) > io.PSF_SUM_TOLERANCE)
-        if not bad.size:
-            return 0, -1, 1.0
-        first = int(bad[0])
-        index = first if self.shared_psf else start + first
-        return int(bad.size), index, float(sums[first])
 
 
 def _finite(array: np.ndarray, url: str, name: str, start: int, what: str) -> np.ndarray:
