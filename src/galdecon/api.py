@@ -8,7 +8,6 @@ import logging
 import platform
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from functools import partial
 
@@ -22,7 +21,6 @@ from galdecon.errors import (
     ConfigError,
     EngineError,
     GalDeconError,
-    GalDeconWarning,
     RunInterrupted,
 )
 from galdecon.interrupt import StopRequest
@@ -383,29 +381,19 @@ def _engine_failure(eng, failures, checkpointer) -> EngineError:
 
 
 def _psf_sums(block) -> tuple[int, int, float]:
-    """(PSFs of the block not summing to 1, the first one's index, its sum)."""
-    psfs = np.asarray(block.psfs, dtype=np.float64)
-    sums = psfs.reshape(-1, psfs.shape[-2] * psfs.shape[-1]).sum(axis=1)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > io.PSF_SUM_TOLERANCE)
-    if not bad.size:
-        return 0, -1, 1.0
-    return int(bad.size), block.start + int(bad[0]), float(sums[bad[0]])
+    return io.psf_sum_outliers(block.psfs, start=block.start)
 
 
 def _first_bad(a, b):
     count = a[0] + b[0]
-    if a[0] and (not b[0] or a[1] < b[1]):
-        return count, a[1], a[2]
-    return (count, b[1], b[2]) if b[0] else (count, a[1], a[2])
+    first = a if a[0] and (not b[0] or a[1] < b[1]) else b
+    return (count, first[1], first[2]) if count else a
 
 
 def warn_psf_sums(eng, source) -> None:
     """Warn, as for in-memory PSFs, when PSFs held by the blocks do not sum to 1."""
-    count, first, value = eng.reduce(_psf_sums, _first_bad)
-    if count:
-        warnings.warn(f"{source.psfs[0].url}[{source.psfs[1]}]: {count} PSF(s) do not sum to "
-                      f"1 (first: PSF {first} sums to {value:.8g}); they are used as given, "
-                      "not renormalised", GalDeconWarning, stacklevel=3)
+    io.warn_psf_sums(f"{source.psfs[0].url}[{source.psfs[1]}]",
+                     *eng.reduce(_psf_sums, _first_bad), stacklevel=3)
 
 
 def _attribute_layout(block, names):

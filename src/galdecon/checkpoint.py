@@ -64,19 +64,6 @@ def state_arrays(engine, mode: str) -> dict[str, np.ndarray]:
     return {name: engine.gather(name) for name in STATE_NAMES[mode]}
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def save(directory, driver, engine, digests: dict, extra: dict | None = None,
          chunk: int | None = None) -> Path:
     """Write the run's state to ``directory/state.npz`` atomically; return the directory.
@@ -134,7 +121,6 @@ def save(directory, driver, engine, digests: dict, extra: dict | None = None,
         np.savez(handle, meta=blob, **arrays)
         handle.flush()
         os.fsync(handle.fileno())
-    _fsync_dir(directory)
     log.info("checkpoint: %d iterations saved to %s", driver.position.done_total, directory)
     return directory
 

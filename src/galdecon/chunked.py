@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from galdecon.errors import ConfigError, EngineError, InputError, OutputError
-from galdecon.io import json_default
+from galdecon.io import fsync_dir, json_default, sha256
 
 FORMAT = "galdecon-stack"
 FORMAT_VERSION = 1
@@ -245,14 +245,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def make_provenance(command: str | None = None, sources=(), run: dict | None = None) -> dict:
     """The provenance recorded in a store's manifest.
 
@@ -288,9 +280,7 @@ def make_provenance(command: str | None = None, sources=(), run: dict | None = N
                 digest = None
             listed.append({"path": text, "sha256": digest, "of": MANIFEST})
         else:
-            from galdecon.io import split_hdu
-
-            listed.append({"path": text, "sha256": _file_sha256(split_hdu(text)[0])})
+            listed.append({"path": text, "sha256": sha256(text)})
     return {"command": command, "galdecon_version": __version__, "created": _now(),
             "sources": listed, "run": dict(run or {})}
 
@@ -926,7 +916,7 @@ class StoreWriter:
                 os.rename(tmp, target)
             except OSError as exc:
                 raise OutputError(f"{target}: cannot publish the store ({exc})") from None
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
     def abort(self) -> None:
         """Remove what was written (the temporary directory, or a remote partial store)."""
@@ -942,19 +932,6 @@ def _zarr_open_group_rw(where: _Where):
         return zarr.open_group(store=where.root, mode="r+", zarr_format=ZARR_FORMAT,
                                **_zarr_kwargs(where))
     return zarr.open_group(store=where.root, mode="r+", **_zarr_kwargs(where))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def create_store(url, overwrite: bool = False, provenance: dict | None = None,

@@ -592,14 +592,31 @@ def validate_psfs(psfs: np.ndarray, n_images: int, stamp_shape, path, dtype=np.f
                       f"{name(int(negative[0]))}; most negative value {minima[worst]:.8g} in "
                       f"{name(worst)}); they are used as given, not clipped",
                       GalDeconWarning, stacklevel=2)
-    sums = flat.sum(axis=1)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > tolerance)
-    if bad.size:
-        first = int(bad[0])
-        warnings.warn(f"{path}: {bad.size} PSF(s) do not sum to 1 (first: PSF {first} sums "
-                      f"to {sums[first]:.8g}); they are used as given, not renormalised",
-                      GalDeconWarning, stacklevel=2)
+    warn_psf_sums(path, *psf_sum_outliers(psfs, tolerance))
     return psfs
+
+
+def psf_sum_outliers(psfs: np.ndarray, tolerance: float = PSF_SUM_TOLERANCE,
+                     start: int = 0) -> tuple[int, int, float]:
+    """Count the PSFs (one (k0, k1) or a stack (m, k0, k1)) whose sum is not 1.
+
+    Returns (how many differ from 1 by more than ``tolerance``, the first one's index plus
+    ``start``, its sum); (0, -1, 1.0) when all sum to 1.
+    """
+    psfs = np.asarray(psfs, dtype=np.float64)
+    sums = psfs.reshape(-1, psfs.shape[-2] * psfs.shape[-1]).sum(axis=1)
+    bad = np.flatnonzero(np.abs(sums - 1.0) > tolerance)
+    if not bad.size:
+        return 0, -1, 1.0
+    return int(bad.size), start + int(bad[0]), float(sums[bad[0]])
+
+
+def warn_psf_sums(path, count: int, first: int, value: float, stacklevel: int = 2) -> None:
+    """The warning for ``count`` PSFs that do not sum to 1 (the first: ``first``, ``value``)."""
+    if count:
+        warnings.warn(f"{path}: {count} PSF(s) do not sum to 1 (first: PSF {first} sums "
+                      f"to {value:.8g}); they are used as given, not renormalised",
+                      GalDeconWarning, stacklevel=stacklevel + 1)
 
 
 def validate_like(array: np.ndarray, images: np.ndarray, path, what: str,
@@ -639,9 +656,24 @@ def atomic_path(target: Path):
             os.replace(tmp, target)
         except OSError as exc:  # e.g. the target is a directory
             raise OutputError(f"{target}: cannot be written ({exc.strerror or exc})") from None
+        fsync_dir(target.parent)  # the rename itself survives a crash
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def fsync_dir(path) -> None:
+    """Flush a directory's entries to disk (where the platform allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_array(path: Path, array: np.ndarray, fmt: str, header: dict | None = None) -> Path:
