@@ -9,7 +9,6 @@ import platform
 import sys
 import time
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 
@@ -271,8 +270,8 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
                             if start is not None else "the start")
         if output is not None:  # each partition writes its own chunks
             primal = dual = None
-            declare_outputs(eng, output, n, None if source is None else source.chunk)
-            written = eng.write_arrays(output, ("primal", "dual"))
+            written = eng.write_arrays(output, ("primal", "dual"), n,
+                                       None if source is None else source.chunk)
             if data["truth"] is not None:
                 primal = eng.gather("primal")
         else:
@@ -394,21 +393,3 @@ def warn_psf_sums(eng, source) -> None:
     """Warn, as for in-memory PSFs, when PSFs held by the blocks do not sum to 1."""
     io.warn_psf_sums(f"{source.psfs[0].url}[{source.psfs[1]}]",
                      *eng.reduce(_psf_sums, _first_bad), stacklevel=3)
-
-
-def _attribute_layout(block, names):
-    return {name: (list(getattr(block, name).shape[1:]), getattr(block, name).dtype.str)
-            for name in names}
-
-
-def _keep_first(a, b):
-    return a
-
-
-def declare_outputs(eng, writer, n: int, chunk: int | None, names=("primal", "dual")) -> None:
-    """Create the arrays ``names`` in ``writer`` with the blocks' shapes and dtypes."""
-    layout = eng.reduce(partial(_attribute_layout, names=names), _keep_first)
-    for name in names:
-        tail, dtype = layout[name]
-        writer.create_array(name, (n, *tail), np.dtype(dtype),
-                            chunk=chunk or chunked.DEFAULT_CHUNK)

@@ -102,13 +102,11 @@ def save(directory, driver, engine, digests: dict, extra: dict | None = None,
     }
     if chunk is not None:
         from galdecon import chunked
-        from galdecon.api import declare_outputs
 
         writer = chunked.create_store(directory / STATE_STORE, overwrite=True,
                                       provenance={"command": "checkpoint", "run": meta})
         with writer:
-            declare_outputs(engine, writer, driver.n_images, chunk, names)
-            writer.finalize(engine.write_arrays(writer, names))
+            writer.finalize(engine.write_arrays(writer, names, driver.n_images, chunk))
         if (directory / STATE_FILE).exists():
             (directory / STATE_FILE).unlink()
         log.info("checkpoint: %d iterations saved to %s", driver.position.done_total,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 
@@ -56,19 +57,35 @@ class Engine(abc.ABC):
         """
         self.scatter(source.read(0, n_images), n_images)
 
-    def write_arrays(self, writer, names) -> dict:
-        """Write block attributes ``names`` into a :class:`~galdecon.chunked.StoreWriter`.
+    def write_arrays(self, writer, names, n_images: int, chunk: int | None = None) -> dict:
+        """Write block attributes ``names`` as new arrays of a chunked-store writer.
 
-        Returns the ``{name: {chunk: sha256}}`` of what was written elsewhere (for
-        :meth:`~galdecon.chunked.StoreWriter.finalize`). This default gathers one array
-        at a time and writes it chunk by chunk.
+        The arrays are created with the blocks' shapes and dtypes (read off the first
+        block), ``chunk`` galaxies per chunk (default: the store's default), then written.
+        Returns the ``{name: {chunk: sha256}}`` of the chunks written elsewhere, for
+        :meth:`~galdecon.chunked.StoreWriter.finalize`.
         """
+        from galdecon.chunked import DEFAULT_CHUNK
+
+        layout = self.first(partial(_layout, names=tuple(names)))
+        for name in names:
+            tail, dtype = layout[name]
+            writer.create_array(name, (int(n_images), *tail), np.dtype(dtype),
+                                chunk=chunk or DEFAULT_CHUNK)
+        return self._write_chunks(writer, names)
+
+    def _write_chunks(self, writer, names) -> dict:
+        """Write created arrays: this default gathers one at a time, then chunk by chunk."""
         for name in names:
             array = self.gather(name)
             for start, stop in writer.chunk_bounds(name):
                 writer.write_block(name, start, array[start:stop])
             del array
         return {}
+
+    def first(self, fn: Callable):
+        """``fn`` of the first block only (e.g. to learn the blocks' shapes cheaply)."""
+        return self.reduce(fn, lambda a, b: a)
 
     def usable(self) -> bool:
         """Whether the engine can still run jobs (a Spark session may have stopped)."""
@@ -131,6 +148,12 @@ class Engine(abc.ABC):
 
 #: Block attributes a scatter may carry, one slice of the galaxy axis each.
 SCATTERED = ("images", "psfs", "primal", "dual", "weights", "weights0")
+
+
+def _layout(block, names) -> dict:
+    """The per-galaxy shape and the dtype of each of a block's attributes ``names``."""
+    return {name: (list(getattr(block, name).shape[1:]), getattr(block, name).dtype.str)
+            for name in names}
 
 
 def make_block(arrays: dict, start: int, stop: int):

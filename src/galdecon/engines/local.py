@@ -66,6 +66,9 @@ class LocalEngine(Engine):
         self.blocks = [Block(start=start, **source.read(start, stop))
                        for start, stop in block_bounds(n_images, n_blocks)]
 
+    def first(self, fn):
+        return fn(self.blocks[0])
+
     def cancel(self) -> None:
         self._cancel.set()
 

@@ -457,13 +457,17 @@ class SparkEngine(Engine):
         self._scatter_id = uuid.uuid4().hex
         self._set_state(_State(rdd, 0))
 
-    def write_arrays(self, writer, names) -> dict:
+    def first(self, fn):
+        """``fn`` of the first tile: one task reads one tile, not the stack."""
+        return self._require().rdd.map(fn).first()
+
+    def _write_chunks(self, writer, names) -> dict:
         """Each partition writes its galaxies of ``names`` (whole chunks) to the store."""
         chunks = {writer.chunk_bounds(name)[0][1] for name in names}
         aligned = len(chunks) == 1 and all(
             start % next(iter(chunks)) == 0 for start, _ in self._bounds)
         if not aligned:  # partitions that share chunks cannot write them in parallel
-            return super().write_arrays(writer, names)
+            return super()._write_chunks(writer, names)
         rdd = self._require().rdd.mapPartitions(
             partial(_write_partition, writer=writer, names=tuple(names)))
         try:
