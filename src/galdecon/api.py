@@ -249,6 +249,8 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
                 driver = Driver(eng, settings, n, shape, sync_every=sync_every,
                                 progress=progress, on_sync=checkpointer, stop=stop)
                 _start(eng, driver, data, start)
+                if checkpointer is not None and start is not None:
+                    checkpointer.base = start.iteration  # count from where the run resumed
                 history = driver.run()
                 break
             except RunInterrupted:
@@ -351,8 +353,6 @@ def _start(eng, driver: Driver, data: dict, start) -> None:
         eng.scatter(arrays, driver.n_images)
         del arrays
     driver.setup(saved=None if start is None else start.meta["driver"])
-    if driver.on_sync is not None and start is not None:
-        driver.on_sync.base = start.iteration
 
 
 def _first_line(exc: BaseException) -> str:

@@ -247,11 +247,16 @@ class Driver:
         self.history.iteration_seconds.extend([elapsed / done] * done)
         return done, converged
 
+    @property
+    def rounds(self) -> int:
+        """The first solve and each reweighting (sparse mode); one round in low rank."""
+        s = self.settings
+        return s.n_reweights + 1 if s.mode == "sparse" else 1
+
     def planned(self) -> int:
         """Iterations planned: n_iter per round, less what finished rounds did not need."""
-        s = self.settings
-        rounds = s.n_reweights + 1 if s.mode == "sparse" else 1
-        return rounds * s.n_iter - sum(s.n_iter - d for d in self.history.iterations_per_round)
+        n_iter = self.settings.n_iter
+        return self.rounds * n_iter - sum(n_iter - d for d in self.history.iterations_per_round)
 
     def _check_stop(self) -> None:
         if self.stop is not None and self.stop.requested:
@@ -265,7 +270,7 @@ class Driver:
         if self.problem is None:
             self.setup()
         s = self.settings
-        rounds = s.n_reweights + 1 if s.mode == "sparse" else 1
+        rounds = self.rounds
         pos = self.position
         step = self.sync_every if s.mode == "sparse" else 1
         while pos.round < rounds:

@@ -402,8 +402,7 @@ class SparkEngine(Engine):
         # of the input (held by the parallelized collection's partitions for as long as
         # any lineage reaches them, outside Spark's memory accounting) can be freed.
         rdd.localCheckpoint()
-        self._scatter_id = uuid.uuid4().hex
-        self._set_state(_State(rdd, 0))
+        self._adopt(rdd)
 
     def _default_partitions(self, n_images: int) -> int:
         """The partitions asked for, or Spark's default parallelism, or more.
@@ -454,6 +453,10 @@ class SparkEngine(Engine):
         except Exception as exc:
             rdd.unpersist(blocking=False)
             raise worker_error(exc) from None
+        self._adopt(rdd)
+
+    def _adopt(self, rdd) -> None:
+        """Make a freshly scattered RDD the state (its tiles' operators are new)."""
         self._scatter_id = uuid.uuid4().hex
         self._set_state(_State(rdd, 0))
 
