@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from galdecon import chunked, io
+from galdecon.checkpoint import STATE_NAMES
 from galdecon.errors import InputError
 
-#: The arrays of a checkpoint's state.
-STATE_ARRAYS = ("primal", "dual", "weights", "weights0")
+#: The arrays a checkpoint's state may hold.
+STATE_ARRAYS = STATE_NAMES["sparse"]
 
 
 def split_spec(spec, default: str) -> tuple[str, str]:
