@@ -3,7 +3,7 @@
 Runs sparse mode (one reweighting, so the weights are full (n, J, N0, N1) arrays) on the
 local engine for ``--iterations`` iterations per round with a checkpoint every
 ``--every`` iterations, and prints the median seconds per iteration, the median seconds
-per checkpoint write, the checkpoint's size, the time :func:`galdecon.checkpoint.load`
+per checkpoint write, the checkpoint's size, the time :func:`galdecon.run.checkpoint.load`
 plus ``arrays()`` take, and the overhead at the default interval (10 minutes).
 
     python benchmarks/checkpoint.py                 # n = 10,000 stamps 41 x 41
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import galdecon
-from galdecon import checkpoint
+from galdecon.run import checkpoint
 from spark_overhead import make_stack
 
 

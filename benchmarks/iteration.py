@@ -46,10 +46,10 @@ import tracemalloc
 
 import numpy as np
 
-from galdecon.driver import Driver
+from galdecon.run.driver import Driver
 from galdecon.engines import LocalEngine
-from galdecon.operators import Convolution
-from galdecon.problem import Settings
+from galdecon.core.operators import Convolution
+from galdecon.core.problem import Settings
 
 SHAPE = (41, 41)
 MiB = 2.0**20

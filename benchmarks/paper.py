@@ -9,7 +9,7 @@ Every option of ``galdecon bench --help`` applies.
 
 import sys
 
-from galdecon.cli import main
+from galdecon.cli.app import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

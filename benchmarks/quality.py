@@ -1,15 +1,15 @@
 """Deconvolution quality on simulated data with known truth: galdecon against baselines.
 
-For every stack size n and SNR level this simulates (``galdecon.simulate``, field-varying
+For every stack size n and SNR level this simulates (``galdecon.science.simulate``, field-varying
 Euclid-like PSFs, seed fixed) or reuses a data set, runs
 
 ``sparse``    galdecon, sparse wavelet mode (defaults: 300 iterations + 1 reweighting)
 ``lowr``      galdecon, low-rank mode (defaults: 300 iterations)
-``wiener``    Tikhonov/Wiener, λ from the noise level (galdecon.baselines.wiener)
-``rl``        Richardson–Lucy, 10 iterations (galdecon.baselines.richardson_lucy)
+``wiener``    Tikhonov/Wiener, λ from the noise level (galdecon.science.baselines.wiener)
+``rl``        Richardson–Lucy, 10 iterations (galdecon.science.baselines.richardson_lucy)
 ``observed``  no deconvolution: the observation as the image, HSM PSF-corrected shapes
 
-and measures each with ``galdecon.evaluate`` (pixel error plain and windowed, ellipticity
+and measures each with ``galdecon.science.evaluate`` (pixel error plain and windowed, ellipticity
 error from unweighted, windowed and adaptive moments, PSNR). Results go to
 ``OUT/quality.json`` after every run (a rerun skips what is there, so a killed run
 resumes), per-galaxy metrics to ``OUT/per_galaxy/*.csv``, tables to
@@ -38,9 +38,10 @@ from pathlib import Path
 import numpy as np
 
 import galdecon
-from galdecon import baselines, io
-from galdecon.dataset import snr_label
-from galdecon.evaluate import adaptive_shapes, evaluate, write_csv
+from galdecon.science import baselines
+from galdecon.data import io
+from galdecon.science.dataset import snr_label
+from galdecon.science.evaluate import adaptive_shapes, evaluate, write_csv
 
 METHODS = ("sparse", "lowr", "wiener", "rl", "observed")
 # not run by default: galdecon without the convergence test (always n_iter per round)
@@ -61,7 +62,7 @@ TITLES = {"pixel_error": "pixel error", "pixel_error_window": "pixel error, wind
 
 
 def dataset_for(n: int, args) -> dict:
-    from galdecon.simulate import read_dataset, simulate, write_dataset
+    from galdecon.science.simulate import read_dataset, simulate, write_dataset
 
     path = args.out / f"sim_n{n}_seed{args.seed}.npz"
     if path.exists():

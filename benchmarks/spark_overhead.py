@@ -22,9 +22,9 @@ import time
 import numpy as np
 import scipy.fft as sfft
 
-from galdecon.bench import iteration_stats, timed_run, timing_settings
+from galdecon.bench.suite import iteration_stats, timed_run, timing_settings
 from galdecon.engines.local import LocalEngine
-from galdecon.engines.spark import SparkEngine
+from galdecon.engines.spark.engine import SparkEngine
 
 
 def make_stack(n: int, size: int, rng) -> tuple[np.ndarray, np.ndarray]:

@@ -29,9 +29,9 @@ RUN = r"""
 import json, os, sys, threading, time
 import numpy as np, psutil
 import galdecon
-from galdecon import chunked
-from galdecon.engines.spark_cluster import start_session
-from galdecon.sources import StoreStack
+from galdecon.data import chunked
+from galdecon.engines.spark.cluster import start_session
+from galdecon.data.sources import StoreStack
 
 store, out, mode, iterations, master, memory, scratch = sys.argv[1:8]
 peaks = {"jvm": 0, "workers": 0}
@@ -75,7 +75,7 @@ print(json.dumps({"driver_peak": hwm, "jvm_peak": peaks["jvm"], "workers_peak": 
 
 def write_input(path: Path, n: int, chunk: int) -> float:
     """Write ``n`` synthetic stamps and PSFs chunk by chunk; return the seconds taken."""
-    from galdecon import chunked
+    from galdecon.data import chunked
     from spark_overhead import make_stack
 
     t0 = time.perf_counter()

@@ -36,7 +36,7 @@ def spark_session(tmp_path_factory):
     from spark_fixtures import spark_or_skip
 
     spark_or_skip()
-    from galdecon.engines.spark_cluster import start_session
+    from galdecon.engines.spark.cluster import start_session
 
     scratch = tmp_path_factory.mktemp("spark-local")
     spark = start_session(SPARK_TEST_MASTER, "galdecon-tests", str(scratch),

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from galdecon.driver import Driver
+from galdecon.run.driver import Driver
 from galdecon.engines.local import LocalEngine
-from galdecon.problem import Settings
+from galdecon.core.problem import Settings
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "sf_deconvolve_example"
 
@@ -25,7 +25,7 @@ def spark_or_skip():
     """Return the pyspark module, or skip the test with the reason."""
     pyspark = pytest.importorskip("pyspark", reason="pyspark is not installed "
                                   "(pip install 'galdecon[spark]')")
-    from galdecon.engines.spark_cluster import find_java, java_major_version
+    from galdecon.engines.spark.cluster import find_java, java_major_version
 
     java = find_java()
     major = java_major_version(java) if java else None

@@ -4,12 +4,12 @@ import doctest
 
 import pytest
 
-import galdecon.api
-import galdecon.metrics
-import galdecon.operators.wavelet
+import galdecon.run.api
+import galdecon.science.metrics
+import galdecon.core.operators.wavelet
 
 
-@pytest.mark.parametrize("module", [galdecon.api, galdecon.metrics, galdecon.operators.wavelet])
+@pytest.mark.parametrize("module", [galdecon.run.api, galdecon.science.metrics, galdecon.core.operators.wavelet])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
@@ -25,7 +25,7 @@ def test_every_test_named_in_the_reliability_table_exists():
     text = (root / "docs" / "reliability.md").read_text()
     named = set(re.findall(r"`(?:(test_\w+)\.py)?(?:::)?(test_\w+)`", text))
     assert len(named) > 40
-    sources = {p.stem: p.read_text() for p in (root / "tests").glob("test_*.py")}
+    sources = {p.stem: p.read_text() for p in (root / "tests").rglob("test_*.py")}
     missing = []
     for module, test in named:
         if module and not module.startswith("test_"):

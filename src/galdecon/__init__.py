@@ -5,9 +5,9 @@ primal–dual algorithm, on one machine or on an Apache Spark cluster, with iden
 results.
 """
 
-__version__ = "0.1.0"
+from galdecon.version import __version__  # noqa: E402
 
-from galdecon.api import Result, deconvolve  # noqa: E402
+from galdecon.run.api import Result, deconvolve  # noqa: E402
 from galdecon.errors import (  # noqa: E402
     ConfigError,
     EngineError,
@@ -16,7 +16,7 @@ from galdecon.errors import (  # noqa: E402
     InputError,
     OutputError,
 )
-from galdecon.problem import Settings  # noqa: E402
+from galdecon.core.problem import Settings  # noqa: E402
 
 __all__ = [
     "ConfigError",

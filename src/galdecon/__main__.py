@@ -1,5 +1,5 @@
 import sys
 
-from galdecon.cli import main
+from galdecon.cli.app import main
 
 sys.exit(main())

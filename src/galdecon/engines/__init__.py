@@ -14,7 +14,7 @@ def make_engine(name: str = "local", **options) -> Engine:
     if name == "local":
         return LocalEngine(**options)
     if name == "spark":
-        from galdecon.engines.spark import SparkEngine
+        from galdecon.engines.spark.engine import SparkEngine
 
         return SparkEngine(**options)
     from galdecon.errors import ConfigError

@@ -52,7 +52,7 @@ class Engine(abc.ABC):
     def scatter_source(self, source, n_images: int) -> None:
         """Build the blocks by reading them from ``source``, a chunked-store stack.
 
-        ``source`` is a :class:`~galdecon.sources.StoreStack`. This default reads it in
+        ``source`` is a :class:`~galdecon.data.sources.StoreStack`. This default reads it in
         this process; a distributed engine reads each block where it will live.
         """
         self.scatter(source.read(0, n_images), n_images)
@@ -63,9 +63,9 @@ class Engine(abc.ABC):
         The arrays are created with the blocks' shapes and dtypes (read off the first
         block), ``chunk`` galaxies per chunk (default: the store's default), then written.
         Returns the ``{name: {chunk: sha256}}`` of the chunks written elsewhere, for
-        :meth:`~galdecon.chunked.StoreWriter.finalize`.
+        :meth:`~galdecon.data.chunked.StoreWriter.finalize`.
         """
-        from galdecon.chunked import DEFAULT_CHUNK
+        from galdecon.data.chunked import DEFAULT_CHUNK
 
         layout = self.first(partial(_layout, names=tuple(names)))
         for name in names:
@@ -161,7 +161,7 @@ def make_block(arrays: dict, start: int, stop: int):
 
     ``psfs`` is shared when 2-D; arrays not given (or None) are left unset.
     """
-    from galdecon.solver import Block
+    from galdecon.core.solver import Block
 
     fields = {}
     for name in SCATTERED:

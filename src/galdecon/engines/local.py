@@ -17,10 +17,10 @@ import numpy as np
 
 from galdecon.engines.base import Engine, block_bounds, make_block
 from galdecon.errors import Cancelled
-from galdecon.operators.prox import gram, low_rank_form, nuclear_norm_of, svt_factors
-from galdecon.problem import mad_sigma
-from galdecon.solver import Block
-from galdecon.threads import blas_single_thread
+from galdecon.core.operators.prox import gram, low_rank_form, nuclear_norm_of, svt_factors
+from galdecon.core.problem import mad_sigma
+from galdecon.core.solver import Block
+from galdecon.core.threads import blas_single_thread
 
 DEFAULT_BLOCK_SIZE = 64
 

@@ -1,0 +1,1 @@
+"""The maths: operators, the problem and the Condat–Vũ solver (numpy and scipy only)."""

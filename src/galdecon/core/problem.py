@@ -1,0 +1,298 @@
+"""What is solved: the options, validated once, and the global quantities built from data.
+
+:class:`Settings` holds every user choice with galdecon's defaults (ALGORITHM.md §0).
+:class:`Problem` adds what the data decides once per run — the noise level σ, the
+spectral radius β, the low-rank threshold λ and the Condat step sizes — and is small
+enough to broadcast to every worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.fft as sfft
+import scipy.linalg
+
+from galdecon.errors import ConfigError
+from galdecon.core.operators.convolution import BOUNDARIES, kernel_to_grid, rfft_weights
+from galdecon.core.operators.prox import THRESHOLD_TYPES
+from galdecon.core.operators.wavelet import WAVELETS, Wavelet, atrous_filters
+
+MODES = ("sparse", "lowr")
+DTYPES = ("float64", "float32")
+MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every option of a deconvolution, with galdecon's defaults.
+
+    Parameters mirror the command line (``galdecon deconvolve --help``); see
+    ALGORITHM.md §0 for where they differ from sf_deconvolve.
+    """
+
+    mode: str = "sparse"
+    wavelet: str = "starlet"
+    n_scales: int = 4
+    wave_thresh_factor: tuple = (3.0, 3.0, 4.0)
+    boundary: str = "periodic"
+    n_iter: int = 300
+    tolerance: float = 1e-4
+    cost_window: int = 1
+    n_reweights: int = 1
+    relax: float = 0.8
+    condat_tau: float | str = 0.5
+    condat_sigma: float | str = 0.5
+    positivity: bool = True
+    lowr_thresh_factor: float = 1.0
+    lowr_thresh_type: str = "hard"
+    lowr_type: str = "standard"
+    noise_est: float | None = None
+    dtype: str = "float64"
+
+    def __post_init__(self):
+        def fail(name, value, expected):
+            raise ConfigError(f"option {name}={value!r}: expected {expected}")
+
+        def choice(name, allowed):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in allowed:
+                fail(name, value, f"one of {', '.join(allowed)}")
+
+        def integer(name, minimum):
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+                    or value < minimum:
+                fail(name, value, f"an integer >= {minimum}")
+            object.__setattr__(self, name, int(value))
+
+        def real(name, check, expected, allow=()):
+            value = getattr(self, name)
+            if value in allow and isinstance(value, (str, type(None))):
+                return
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+                    or not np.isfinite(value) or not check(value):
+                fail(name, value, expected)
+            object.__setattr__(self, name, float(value))
+
+        choice("mode", MODES)
+        choice("wavelet", tuple(sorted(WAVELETS)))
+        choice("boundary", BOUNDARIES)
+        choice("dtype", DTYPES)
+        choice("lowr_thresh_type", THRESHOLD_TYPES)
+        if self.lowr_type != "standard":
+            fail("lowr_type", self.lowr_type,
+                 "'standard' (the 'ngole' variant of sf_deconvolve is not supported)")
+        integer("n_scales", 2)
+        integer("n_iter", 1)
+        integer("cost_window", 1)
+        integer("n_reweights", 0)
+        factors = np.atleast_1d(np.asarray(self.wave_thresh_factor, dtype=object)).ravel()
+        if not all(isinstance(f, numbers.Real) and not isinstance(f, (bool, np.bool_))
+                   and np.isfinite(f) and f >= 0 for f in factors):
+            fail("wave_thresh_factor", self.wave_thresh_factor, "finite non-negative numbers")
+        factors = tuple(float(f) for f in factors)
+        if len(factors) != self.n_scales - 1:
+            fail("wave_thresh_factor", list(factors),
+                 f"{self.n_scales - 1} values, one per detail scale (n_scales - 1)")
+        object.__setattr__(self, "wave_thresh_factor", factors)
+        real("tolerance", lambda v: v >= 0, "a finite number >= 0")
+        real("relax", lambda v: 0 < v < 2, "a number in (0, 2)")
+        real("condat_tau", lambda v: v > 0, "a positive number or 'auto'", allow=("auto",))
+        real("condat_sigma", lambda v: v > 0, "a positive number or 'auto'", allow=("auto",))
+        real("lowr_thresh_factor", lambda v: v >= 0, "a finite number >= 0")
+        real("noise_est", lambda v: v > 0, "a positive number", allow=(None,))
+        if not isinstance(self.positivity, (bool, np.bool_)):
+            fail("positivity", self.positivity, "True or False")
+        object.__setattr__(self, "positivity", bool(self.positivity))
+
+    def replace(self, **changes) -> Settings:
+        """Return a copy with some options changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def n_bands(self) -> int:
+        """Number of wavelet detail scales J."""
+        return self.n_scales - 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Settings plus the global quantities computed once from the data.
+
+    Attributes
+    ----------
+    settings : Settings
+    n_images : int
+        Number of galaxies n.
+    shape : tuple of int
+        Stamp shape.
+    noise_sigma : float
+        σ, from ``--noise-est`` or 1.4826 × MAD of all pixels.
+    beta : float
+        ρ(HᵀH), the Lipschitz constant of the data-fidelity gradient.
+    lipschitz_l : float
+        ‖L‖² (ΦᵀΦ spectral radius for sparse, 1 for low rank).
+    tau, sigma : float
+        Condat primal and dual step sizes.
+    lowr_lambda : float
+        Low-rank threshold λ (0 in sparse mode).
+    """
+
+    settings: Settings
+    n_images: int
+    shape: tuple
+    noise_sigma: float
+    beta: float
+    lipschitz_l: float
+    tau: float
+    sigma: float
+    lowr_lambda: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Working dtype."""
+        return np.dtype(self.settings.dtype)
+
+    def wavelet(self) -> Wavelet:
+        """The wavelet operator of this problem (built on demand, cheap)."""
+        s = self.settings
+        return Wavelet(self.shape, s.n_scales, s.wavelet, s.boundary, self.dtype)
+
+    def summary(self) -> dict:
+        """The derived quantities, for the run record."""
+        return {
+            "noise_sigma": self.noise_sigma,
+            "beta": self.beta,
+            "lipschitz_l": self.lipschitz_l,
+            "tau": self.tau,
+            "sigma": self.sigma,
+            "lowr_lambda": self.lowr_lambda,
+        }
+
+
+def mad_sigma(values: np.ndarray) -> float:
+    """Return 1.4826 · median(|Y − median(Y)|) over all values."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    centre = np.median(values)
+    return float(MAD_TO_SIGMA * np.median(np.abs(values - centre)))
+
+
+#: Stamps up to this many pixels get ‖Φ‖² (zero boundary) from the dense p × p matrix of
+#: ΦᵀΦ: about a second at 41×41, exact to rounding.
+DENSE_NORM_PIXELS = 4096
+
+
+def wavelet_norm_sq(shape, settings: Settings) -> float:
+    """Return ‖Φ‖² = ρ(ΦᵀΦ) exactly (Fourier for periodic, a symmetric eigensolver for zero)."""
+    return _wavelet_norm_sq((int(shape[0]), int(shape[1])), settings.boundary,
+                            settings.n_scales, settings.wavelet)
+
+
+@functools.lru_cache(maxsize=16)
+def _wavelet_norm_sq(shape, boundary, n_scales, wavelet_name) -> float:
+    if boundary == "periodic":
+        filters = atrous_filters(shape, n_scales, wavelet_name)
+        spectra = np.abs(sfft.fft2(kernel_to_grid(filters, shape))) ** 2
+        return float(spectra.sum(axis=0).max())
+    wavelet = Wavelet(shape, n_scales, wavelet_name, "zero")
+    size = shape[0] * shape[1]
+    if size <= DENSE_NORM_PIXELS:
+        # The top eigenvalues of ΦᵀΦ cluster near 1, where power and Lanczos iterations
+        # stall (ARPACK needed ~4·10⁵ products at 41×41); the dense matrix is p images.
+        dense = wavelet.adj(wavelet.op(np.eye(size).reshape((size,) + shape)))
+        matrix = dense.reshape(size, size)
+        return float(scipy.linalg.eigvalsh(0.5 * (matrix + matrix.T),
+                                           subset_by_index=(size - 1, size - 1))[0])
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    def normal(vec):
+        image = np.asarray(vec, dtype=np.float64).reshape((1,) + shape)
+        return wavelet.adj(wavelet.op(image)).ravel()
+
+    start = np.random.default_rng(20170828).random(size) + 0.5
+    operator = LinearOperator((size, size), matvec=normal, dtype=np.float64)
+    # Eigenvalue error <= residual² / gap: tol 1e-8 gives a value exact to ~1e-12.
+    return float(eigsh(operator, k=1, which="LA", v0=start, tol=1e-8, ncv=min(size, 64),
+                       return_eigenvectors=False)[0])
+
+
+def step_sizes(settings: Settings, beta: float, lipschitz_l: float) -> tuple[float, float]:
+    """Return (tau, sigma): fixed values, or 'auto' from the exact norms.
+
+    'auto' satisfies Condat's condition 1/τ − σ‖L‖² ≥ β/2 with equality: σ = 0.5 unless
+    given, τ = 1/(β/2 + σ‖L‖²).
+    """
+    sigma = 0.5 if settings.condat_sigma == "auto" else float(settings.condat_sigma)
+    if settings.condat_tau == "auto":
+        tau = 1.0 / (beta / 2.0 + sigma * lipschitz_l)
+    else:
+        tau = float(settings.condat_tau)
+    return tau, sigma
+
+
+def lowr_threshold(settings: Settings, noise_sigma: float, beta: float, n_images: int,
+                   shape) -> float:
+    """Return λ = f · σ · sqrt(max(n + 1, p)) · β (ALGORITHM.md §6)."""
+    p = int(shape[0]) * int(shape[1])
+    return float(settings.lowr_thresh_factor * noise_sigma * np.sqrt(max(n_images + 1, p)) * beta)
+
+
+def make_problem(settings: Settings, n_images: int, shape, noise_sigma: float,
+                 beta: float) -> Problem:
+    """Assemble a :class:`Problem` from the global reductions σ and β."""
+    shape = (int(shape[0]), int(shape[1]))
+    if settings.mode == "sparse":
+        lipschitz_l = wavelet_norm_sq(shape, settings)
+        lam = 0.0
+    else:
+        lipschitz_l = 1.0
+        lam = lowr_threshold(settings, noise_sigma, beta, n_images, shape)
+    tau, sigma = step_sizes(settings, beta, lipschitz_l)
+    return Problem(settings=settings, n_images=int(n_images), shape=shape,
+                   noise_sigma=float(noise_sigma), beta=float(beta),
+                   lipschitz_l=float(lipschitz_l), tau=tau, sigma=sigma, lowr_lambda=lam)
+
+
+def sparse_weights(psfs: np.ndarray, shape, settings: Settings, noise_sigma: float) -> np.ndarray:
+    r"""Return the initial sparse weights :math:`W_{i,j} = σ k_j ‖φ_j ⊛ \mathrm{rot}(h_i)‖_2`.
+
+    Parameters
+    ----------
+    psfs : ndarray, shape (m, k0, k1) or (k0, k1)
+        The block's PSFs (one shared PSF gives one row).
+    shape : tuple of int
+        Stamp shape.
+    settings : Settings
+    noise_sigma : float
+
+    Returns
+    -------
+    ndarray, shape (m, J), float64
+
+    Notes
+    -----
+    The norm is that of the noise of scale j after back-projection by Hᵀ: computed by
+    Parseval on the stamp grid for the periodic boundary (the reference's wrapped
+    convolution), and on a grid large enough for the full linear convolution for ``zero``.
+    """
+    psfs = np.asarray(psfs, dtype=np.float64)
+    if psfs.ndim == 2:
+        psfs = psfs[None]
+    filters = atrous_filters(shape, settings.n_scales, settings.wavelet)
+    if settings.boundary == "periodic":
+        grid = tuple(shape)
+    else:
+        grid = (sfft.next_fast_len(shape[0] + psfs.shape[1] - 1, real=True),
+                sfft.next_fast_len(shape[1] + psfs.shape[2] - 1, real=True))
+    psf_spec = sfft.rfft2(kernel_to_grid(psfs, grid))
+    filt_spec = sfft.rfft2(kernel_to_grid(filters, grid))
+    power = np.abs(psf_spec[:, None]) ** 2 * np.abs(filt_spec[None]) ** 2
+    norms_sq = np.tensordot(power, rfft_weights(grid[1]), axes=([3], [0])).sum(axis=2)
+    norms = np.sqrt(norms_sq / (grid[0] * grid[1]))
+    return noise_sigma * np.asarray(settings.wave_thresh_factor)[None, :] * norms

@@ -1,0 +1,1 @@
+"""Stacks in and out: reading, validating and writing npy/FITS files and chunked stores."""

@@ -1,0 +1,683 @@
+"""The Spark engine: blocks as the partitions of a persisted RDD (classic RDD API).
+
+Partition ``p`` holds the contiguous slice of galaxies ``block_bounds(n, partitions)[p]``
+as a few records, its *tiles*: blocks of at most ``block_size`` galaxies (as the local
+engine's blocks), in galaxy order. Tiles because one batched step over thousands of stamps
+runs about half as fast as over a few dozen (measured, 10,000 stamps 41×41), because a
+partition streams tile by tile (the JVM stores one tile while the next computes) and
+because no single pickle approaches the JVM's 2 GiB array limit. Every engine call is one
+Spark job:
+
+- ``map`` runs ``fn`` on every tile in a single pass and persists the new RDD; the small
+  results come back through an accumulator keyed by (generation, partition), read after a
+  JVM-side ``count`` — so no second Python pass unpickles the blocks, and a retried task
+  overwrites its own entry instead of double counting;
+- ``noise_sigma`` is an exact distributed selection (radix histograms of the
+  order-preserving integer keys of the float64 pixels, then the one small bucket that holds
+  the wanted rank is collected), equal bit for bit to :func:`galdecon.core.problem.mad_sigma`;
+- the low-rank Gram matrices are tree-aggregated and eigen-decomposed on the driver.
+
+Superseded states are unpersisted (a :meth:`SparkEngine.snapshot` pins one until
+:meth:`SparkEngine.release`) and the lineage is cut with ``localCheckpoint`` every
+``lineage_every`` maps, so a thousand iterations neither overflow the driver's stack nor
+slow down. Measured Spark facts behind these choices are in ``design/SPARK_NOTES.md``.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import shutil
+import tempfile
+import uuid
+from collections import OrderedDict
+from functools import partial
+
+import numpy as np
+
+from galdecon.engines.base import Engine, block_bounds, make_block
+from galdecon.engines.spark.cluster import active_session, start_session
+from galdecon.errors import EngineError
+from galdecon.core.operators.prox import gram, low_rank_form, nuclear_norm_of, svt_factors
+from galdecon.core.problem import MAD_TO_SIGMA
+from galdecon.core.solver import Block
+
+log = logging.getLogger("galdecon")
+
+DEFAULT_BLOCK_SIZE = 64
+# Default partitions hold at most this much state (images, PSFs, primal, a 3-band dual,
+# full weights: about 8 stamp-sized float64 arrays a galaxy).
+PARTITION_BYTES = 256 * 2**20
+STATE_ARRAYS_PER_GALAXY = 8
+# Every core, and a failed task (a Python worker that died) retried up to 3 times, as the
+# standalone scheduler does by default (spark.task.maxFailures = 4).
+DEFAULT_MASTER = "local[*,4]"
+# Keep each gather job's result well under spark.driver.maxResultSize (1 GiB by default).
+GATHER_CHUNK_BYTES = 256 * 2**20
+# Radix selection: 16-bit digits, and a bucket this small is collected and sorted.
+DIGIT_BITS = 16
+COLLECT_LIMIT = 1 << 20
+
+# Per Python worker: operators derived from a tile's static data, reused across maps.
+OPERATOR_CACHE_BYTES = 1 << 30
+_WORKER_READY = False
+_OPERATORS: OrderedDict = OrderedDict()  # (scatter id, tile start) -> (images, psfs, ops)
+
+
+def _prepare_worker() -> None:
+    """Once per Python worker process: single-threaded BLAS and a frozen heap.
+
+    Spark runs one task per core, so BLAS threads would oversubscribe the cores. The
+    reused Python worker runs ``gc.collect()`` after every task, which walks the whole heap
+    (~13 ms each); ``gc.freeze()`` moves the imported modules out of its reach.
+    """
+    global _WORKER_READY
+    if _WORKER_READY:
+        return
+    _WORKER_READY = True
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1, user_api="blas")
+    except Exception:  # noqa: BLE001 - a speed hint only, never worth failing a task
+        pass
+    gc.freeze()
+
+
+def _same_data(a, b) -> bool:
+    return a is b or (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+                      and a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b))
+
+
+def _reuse_operators(tile: Block, scatter_id: str) -> None:
+    """Give a freshly unpickled tile the operators this worker built for it before.
+
+    A block pickles without its derived operators (PSF transfer functions, image spectra,
+    wavelet matrices), and rebuilding them costs about a fifth of an iteration per map.
+    They are reused only if the tile's images and PSFs equal those they were built from,
+    so a stale entry can never be used; the solver still checks its settings key.
+    """
+    entry = _OPERATORS.get((scatter_id, tile.start))
+    if entry is not None and not tile._ops:
+        images, psfs, ops = entry
+        if _same_data(images, tile.images) and _same_data(psfs, tile.psfs):
+            tile._ops = ops
+            _OPERATORS.move_to_end((scatter_id, tile.start))
+
+
+def _remember_operators(tile: Block, scatter_id: str) -> None:
+    if not tile._ops:
+        return
+    _OPERATORS[(scatter_id, tile.start)] = (tile.images, tile.psfs, tile._ops)
+    _OPERATORS.move_to_end((scatter_id, tile.start))
+    # Rough size: the static arrays and a few spectra of the same size (LRU eviction).
+    per_entry = 6 * tile.images.nbytes + np.asarray(tile.psfs).nbytes
+    while len(_OPERATORS) > 1 and len(_OPERATORS) * per_entry > OPERATOR_CACHE_BYTES:
+        _OPERATORS.popitem(last=False)
+
+
+# -- functions shipped to the workers (module level so they pickle by reference) ---------
+def _map_partition(index, tiles, fn, results, generation, scatter_id):
+    _prepare_worker()
+    values = []
+    for tile in tiles:
+        _reuse_operators(tile, scatter_id)
+        new, value = fn(tile)
+        _remember_operators(new, scatter_id)
+        values.append(value)
+        yield new  # streamed: the JVM stores this tile while the next one computes
+    results.add({(generation, index): values})
+
+
+def _read_tile(bounds, source) -> Block:
+    start, stop = bounds
+    return Block(start=start, **source.read(start, stop))
+
+
+def _write_partition(tiles, writer, names):
+    tiles = list(tiles)
+    if not tiles:
+        return
+    for name in names:
+        block = np.concatenate([getattr(tile, name) for tile in tiles], axis=0)
+        yield name, writer.write_block(name, tiles[0].start, block)
+
+
+def worker_error(exc: BaseException) -> BaseException:
+    """The galdecon error a Spark task raised (e.g. a corrupt chunk), as itself."""
+    from galdecon import errors
+
+    text = str(exc)
+    for name in ("InputError", "OutputError", "ConfigError"):
+        marker = f"galdecon.errors.{name}: "
+        if marker in text:
+            message = text.split(marker, 1)[1].splitlines()[0].strip()
+            return getattr(errors, name)(message)
+    return exc
+
+
+def _reduce_partition(tiles, fn):
+    _prepare_worker()
+    for tile in tiles:
+        yield fn(tile)
+
+
+def _gather_partition(tiles, attribute):
+    _prepare_worker()
+    yield np.concatenate([getattr(tile, attribute) for tile in tiles], axis=0)
+
+
+def _rows_partition(tiles, getter):
+    _prepare_worker()
+    yield np.concatenate([np.asarray(getter(t), dtype=np.float64).reshape(t.size, -1)
+                          for t in tiles], axis=0)
+
+
+def _gram_partition(tiles, getter):
+    _prepare_worker()
+    total = None
+    for tile in tiles:
+        part = gram(getter(tile))
+        total = part if total is None else total + part
+    if total is not None:
+        yield total
+
+
+def _add(a, b):
+    return a + b
+
+
+class _ResultsParam:
+    """Accumulator of ``{(generation, partition): results}``; merging overwrites.
+
+    A retried or recomputed task sends the same entry again, so overwriting (unlike
+    adding) keeps the results exact under Spark's at-least-once accumulator updates.
+    """
+
+    def zero(self, value):
+        return {}
+
+    def addInPlace(self, value1, value2):  # noqa: N802 - PySpark's AccumulatorParam API
+        value1.update(value2)
+        return value1
+
+
+# -- exact distributed selection (for the median and the MAD) ----------------------------
+def order_keys(values: np.ndarray) -> np.ndarray:
+    """Map float64 values to uint64 keys with the same order (IEEE 754 bit trick)."""
+    bits = np.ascontiguousarray(values, dtype=np.float64).view(np.uint64)
+    negative = (bits >> np.uint64(63)).astype(bool)
+    return np.where(negative, ~bits, bits | np.uint64(1 << 63))
+
+
+def key_values(keys: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`order_keys`."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    positive = (keys >> np.uint64(63)).astype(bool)
+    bits = np.where(positive, keys & np.uint64((1 << 63) - 1), ~keys)
+    return bits.view(np.float64)
+
+
+def _pixels(tile: Block, centre) -> np.ndarray:
+    values = np.asarray(tile.images, dtype=np.float64).ravel()
+    return values if centre is None else np.abs(values - centre)
+
+
+def _select_partition(tiles, centre, targets):
+    """Per target ``(level, prefix, collect)``, over the keys of one partition.
+
+    Yields one list: for each target, the keys whose top ``level`` digits equal ``prefix``
+    (``collect``), or a sparse histogram ``(digits, counts)`` of their next digit.
+    """
+    _prepare_worker()
+    found = [[] for _ in targets]
+    for tile in tiles:
+        keys = order_keys(_pixels(tile, centre))
+        for j, (level, prefix, collect) in enumerate(targets):
+            shift = np.uint64(64 - DIGIT_BITS * level)
+            chosen = keys if level == 0 else keys[(keys >> shift) == np.uint64(prefix)]
+            if collect:
+                found[j].append(chosen)
+            else:
+                digits = (chosen >> (shift - np.uint64(DIGIT_BITS))) & np.uint64(0xFFFF)
+                found[j].append(np.bincount(digits.astype(np.int64),
+                                            minlength=1 << DIGIT_BITS))
+    out = []
+    for (_, _, collect), parts in zip(targets, found, strict=True):
+        if collect:
+            out.append(np.concatenate(parts) if parts else np.empty(0, np.uint64))
+        else:
+            counts = np.sum(parts, axis=0) if parts else np.zeros(1 << DIGIT_BITS, np.int64)
+            digits = np.flatnonzero(counts)
+            out.append((digits, counts[digits]))
+    yield out
+
+
+class _State:
+    """One generation of the block RDD and its maps since the last lineage cut."""
+
+    __slots__ = ("rdd", "depth")
+
+    def __init__(self, rdd, depth: int):
+        self.rdd, self.depth = rdd, depth
+
+
+class SparkEngine(Engine):
+    """Blocks as the partitions of a persisted Spark RDD.
+
+    Parameters
+    ----------
+    master : str, optional
+        Spark master URL (default ``local[*,4]``: every core, a failed task retried up
+        to 3 times): ``local[n]``, ``local[n,maxFailures]``, ``spark://host:port``,
+        ``yarn``, ... Ignored when ``spark`` is given.
+    partitions : int, optional
+        Number of partitions (blocks of contiguous galaxies); default: Spark's default
+        parallelism. Capped at the number of galaxies.
+    spark : pyspark.sql.SparkSession, optional
+        An existing classic (not Spark Connect) session to use; it is left running at
+        :meth:`close`. Without it the session active in this process is joined (and
+        also left running), or a new one is started (and stopped at :meth:`close`).
+    app_name : str, optional
+    verbose : bool, optional
+        Spark's log level WARN and its progress bar instead of ERROR and silence.
+    lineage_every : int, optional
+        Cut the lineage with ``localCheckpoint`` every this many maps (0: never).
+    local_dir : str, optional
+        Parent of the scratch directory given to ``spark.local.dir`` (removed at
+        :meth:`close`); default: the system temporary directory.
+    block_size : int, optional
+        Galaxies per tile inside a partition (default 64); None keeps one tile per
+        partition.
+    ui : bool, optional
+        Enable the Spark web UI (off by default).
+    driver_memory : str, optional
+        ``spark.driver.memory`` for a session created here (default ``4g``: in local mode
+        the cached blocks live in the driver JVM).
+    conf : dict, optional
+        Extra Spark configuration for a session created here.
+
+    Raises
+    ------
+    EngineError
+        If pyspark or Java 17+ is not installed, or the session is not a classic one.
+    """
+
+    name = "spark"
+    # Each sync is a Spark job that passes every block through the JVM (SPARK_NOTES);
+    # K = 16 brings Spark local[2] within ~10% of the local engine at n = 10,000
+    # (benchmarks/spark_overhead.py), where K = 4 costs ~35% more.
+    sync_multiple = 4
+    recoverable = True
+
+    def __init__(self, master: str | None = None, partitions: int | None = None, spark=None,
+                 app_name: str = "galdecon", verbose: bool = False, lineage_every: int = 20,
+                 local_dir: str | None = None, block_size: int | None = DEFAULT_BLOCK_SIZE,
+                 ui: bool = False, driver_memory: str = "4g", conf: dict | None = None):
+        master = master or DEFAULT_MASTER
+        self.partitions = int(partitions) if partitions else None
+        self.lineage_every = int(lineage_every or 0)
+        self.block_size = int(block_size) if block_size else None
+        self._scratch = None
+        if spark is None:
+            spark = active_session()  # joined, never stopped: it is somebody else's
+            if spark is not None:
+                log.info("Spark: joining the active session (master %s)",
+                         spark.sparkContext.master)
+        self._owns_session = spark is None
+        if spark is None:
+            self._scratch = tempfile.mkdtemp(prefix="galdecon-spark-", dir=local_dir)
+            try:
+                spark = start_session(master, app_name, self._scratch, verbose=verbose, ui=ui,
+                                      driver_memory=driver_memory, conf=conf)
+            except BaseException:
+                shutil.rmtree(self._scratch, ignore_errors=True)
+                raise
+        try:
+            self._sc = spark.sparkContext
+        except Exception as exc:  # Spark Connect sessions have no SparkContext
+            raise EngineError("the Spark engine needs a classic SparkSession (RDD API); "
+                              f"Spark Connect sessions are not supported ({exc})") from exc
+        self.spark = spark
+        if self._sc.getConf().get("spark.python.unix.domain.socket.enabled", "false") != "true":
+            log.info("Spark: spark.python.unix.domain.socket.enabled=true saves ~20 ms a task")
+        self._state: _State | None = None
+        self._pinned: dict[int, list] = {}  # id(state) -> [state, snapshot count]
+        self._bounds: list[tuple[int, int]] = []
+        self._tile_sizes: list[list[int]] = []
+        self._generation = 0
+        self._scatter_id = ""
+        self._stamp_pixels = self._n_pixels = 0
+        from pyspark import StorageLevel
+
+        # Disk as well as memory: under memory pressure a block spills instead of being
+        # dropped, since recomputing it would replay maps back to the last checkpoint.
+        # "Deserialized" keeps PySpark's pickled batches as JVM byte arrays, sparing a Java
+        # serialisation copy on every store and read (they are pickles either way).
+        self._level = StorageLevel.MEMORY_AND_DISK_DESER
+        self._results = self._sc.accumulator({}, _ResultsParam())
+
+    # -- state bookkeeping ----------------------------------------------------------------
+    @property
+    def n_partitions(self) -> int:
+        """Number of partitions of the block RDD."""
+        return len(self._bounds)
+
+    @property
+    def tile_bounds(self) -> list[tuple[int, int]]:
+        """The (start, stop) of every tile, in galaxy order."""
+        bounds = []
+        for (start, _), sizes in zip(self._bounds, self._tile_sizes, strict=True):
+            for size in sizes:
+                bounds.append((start, start + size))
+                start += size
+        return bounds
+
+    def _require(self) -> _State:
+        if self._state is None:
+            raise EngineError("the Spark engine holds no blocks: call scatter() first")
+        return self._state
+
+    def _drop(self, state: _State | None) -> None:
+        """Unpersist a superseded state unless it is current or pinned by a snapshot."""
+        if state is None or state is self._state or id(state) in self._pinned:
+            return
+        state.rdd.unpersist(blocking=False)
+
+    def _set_state(self, state: _State) -> None:
+        old, self._state = self._state, state
+        self._drop(old)
+
+    # -- the contract -------------------------------------------------------------------
+    def scatter(self, arrays: dict, n_images: int) -> None:
+        """Cut the stacks into contiguous slices, one per partition, and persist them."""
+        images = arrays["images"]
+        self._stamp_pixels = int(np.prod(images.shape[1:]))
+        self._n_pixels = int(n_images) * self._stamp_pixels
+        n_parts = self._default_partitions(n_images)
+        tiles = [make_block(arrays, lo, hi)
+                 for lo, hi in self._layout(block_bounds(n_images, n_parts))]
+        rdd = self._sc.parallelize(tiles, len(self._bounds)).persist(self._level)
+        # Once materialised, the blocks live in the block manager and the driver's copy
+        # of the input (held by the parallelized collection's partitions for as long as
+        # any lineage reaches them, outside Spark's memory accounting) can be freed.
+        rdd.localCheckpoint()
+        self._adopt(rdd)
+
+    def _default_partitions(self, n_images: int) -> int:
+        """The partitions asked for, or Spark's default parallelism, or more.
+
+        Enough that no partition's state exceeds :data:`PARTITION_BYTES`: Spark caches a
+        partition as one block, and a block of gigabytes exhausts the JVM heap however
+        it spills.
+        """
+        if self.partitions:
+            return self.partitions
+        state = n_images * self._stamp_pixels * 8 * STATE_ARRAYS_PER_GALAXY
+        return max(self._sc.defaultParallelism, -(-state // PARTITION_BYTES))
+
+    def _layout(self, bounds) -> list[tuple[int, int]]:
+        """Set the partitions' galaxy ranges and return the tiles' bounds, in order.
+
+        Every partition gets the same number of tiles, so that parallelize (which slices
+        a list evenly) puts exactly the tiles of slice p into partition p.
+        """
+        self._bounds = list(bounds)
+        sizes = [stop - start for start, stop in self._bounds]
+        per_part = min(min(sizes), -(-max(sizes) // (self.block_size or max(sizes))))
+        tiles, self._tile_sizes = [], []
+        for start, stop in self._bounds:
+            part = [(start + a, start + b) for a, b in block_bounds(stop - start, per_part)]
+            tiles.extend(part)
+            self._tile_sizes.append([hi - lo for lo, hi in part])
+        return tiles
+
+    def scatter_source(self, source, n_images: int) -> None:
+        """Each partition reads its own galaxies from the store (none pass the driver).
+
+        Partitions are whole chunks of the images (at most one per chunk), so that the
+        outputs can be written chunk by chunk by the partitions that hold them. The blocks
+        are not lineage-cut: a lost partition is read again from the store.
+        """
+        self._stamp_pixels = int(np.prod(source.shape))
+        self._n_pixels = int(n_images) * self._stamp_pixels
+        n_parts = self._default_partitions(n_images)
+        if n_parts > source.n_chunks:
+            log.info("Spark: %d partitions for %d chunks of the images: one per chunk",
+                     n_parts, source.n_chunks)
+        tiles = self._layout(source.bounds(n_parts))
+        rdd = self._sc.parallelize(tiles, len(self._bounds)).map(
+            partial(_read_tile, source=source)).persist(self._level)
+        try:
+            rdd._jrdd.count()  # read now: a bad chunk is reported here, by name
+        except Exception as exc:
+            rdd.unpersist(blocking=False)
+            raise worker_error(exc) from None
+        self._adopt(rdd)
+
+    def _adopt(self, rdd) -> None:
+        """Make a freshly scattered RDD the state (its tiles' operators are new)."""
+        self._scatter_id = uuid.uuid4().hex
+        self._set_state(_State(rdd, 0))
+
+    def first(self, fn):
+        """``fn`` of the first tile: one task reads one tile, not the stack."""
+        return self._require().rdd.map(fn).first()
+
+    def _write_chunks(self, writer, names) -> dict:
+        """Each partition writes its galaxies of ``names`` (whole chunks) to the store."""
+        chunks = {writer.chunk_bounds(name)[0][1] for name in names}
+        aligned = len(chunks) == 1 and all(
+            start % next(iter(chunks)) == 0 for start, _ in self._bounds)
+        if not aligned:  # partitions that share chunks cannot write them in parallel
+            return super()._write_chunks(writer, names)
+        rdd = self._require().rdd.mapPartitions(
+            partial(_write_partition, writer=writer, names=tuple(names)))
+        try:
+            written = rdd.collect()
+        except Exception as exc:
+            raise worker_error(exc) from None
+        sums: dict = {name: {} for name in names}
+        for name, part in written:
+            sums[name].update(part)
+        return sums
+
+    def usable(self) -> bool:
+        """Whether the SparkContext is still running (a JVM out of memory stops it)."""
+        try:
+            return not self._sc._jsc.sc().isStopped()
+        except Exception:
+            return False
+
+    def cancel(self) -> None:
+        """Cancel the running job (PySpark's own SIGINT handler does the same)."""
+        self._sc.cancelAllJobs()
+
+    def map(self, fn) -> list:
+        """Replace every tile by ``fn(tile)[0]`` in one job; return the ``[1]`` parts.
+
+        The engine's blocks are the tiles: the results come one per tile, in galaxy order.
+        """
+        state = self._require()
+        self._generation += 1
+        generation = self._generation
+        self._results.value = {}
+        new = state.rdd.mapPartitionsWithIndex(
+            partial(_map_partition, fn=fn, results=self._results, generation=generation,
+                    scatter_id=self._scatter_id),
+            preservesPartitioning=True).persist(self._level)
+        depth = state.depth + 1
+        if self.lineage_every and depth >= self.lineage_every:
+            new.localCheckpoint()  # takes effect when the job below materialises `new`
+            depth = 0
+        try:
+            # A JVM-side count materialises and caches every partition without sending the
+            # blocks through Python a second time; the results arrive with the task results.
+            new._jrdd.count()
+            got = self._results.value
+            out = []
+            for index in range(self.n_partitions):
+                if (generation, index) not in got:
+                    raise EngineError(f"Spark map: no result from partition {index}")
+                out.extend(got[(generation, index)])
+        except BaseException:
+            new.unpersist(blocking=False)  # the current state stays as it was
+            raise
+        self._set_state(_State(new, depth))
+        return out
+
+    def reduce(self, fn, combine):
+        """Fold ``combine`` over ``fn(tile)`` for every tile, in galaxy order."""
+        values = self._require().rdd.mapPartitions(partial(_reduce_partition, fn=fn))
+        return values.reduce(combine)
+
+    def snapshot(self):
+        """Pin the current state (its RDD stays persisted until :meth:`release`)."""
+        state = self._require()
+        self._pinned.setdefault(id(state), [state, 0])[1] += 1
+        return state
+
+    def restore(self, token) -> None:
+        """Make a snapshot's state current again (the current one is dropped)."""
+        self._set_state(token)
+
+    def release(self, token) -> None:
+        """Unpin a snapshot; its RDD is unpersisted unless it is the current state."""
+        pin = self._pinned.get(id(token))
+        if pin is not None:
+            pin[1] -= 1
+            if pin[1] > 0:
+                return
+            del self._pinned[id(token)]
+        self._drop(token)
+
+    def gather(self, attribute: str) -> np.ndarray:
+        """Collect one attribute in galaxy order, a few hundred MB per job at most."""
+        rdd = self._require().rdd
+        fetch = partial(_gather_partition, attribute=attribute)
+        parts = self._sc.runJob(rdd, fetch, [0])
+        per_galaxy = parts[0].nbytes / max(1, parts[0].shape[0])
+        group, group_bytes = [], 0.0
+        for index in range(1, self.n_partitions):
+            size = (self._bounds[index][1] - self._bounds[index][0]) * per_galaxy
+            if group and group_bytes + size > GATHER_CHUNK_BYTES:
+                parts.extend(self._sc.runJob(rdd, fetch, group))
+                group, group_bytes = [], 0.0
+            group.append(index)
+            group_bytes += size
+        if group:
+            parts.extend(self._sc.runJob(rdd, fetch, group))
+        return np.concatenate(parts, axis=0)
+
+    # -- exact σ ------------------------------------------------------------------------
+    def _select(self, ranks, centre=None) -> dict:
+        """Return ``{rank: value}`` for 0-based ranks among all pixels, exactly.
+
+        The pixels (or their absolute deviations from ``centre``) are mapped to
+        order-preserving 64-bit keys; each job histograms the next 16-bit digit of the keys
+        in the bucket known to hold a rank, until that bucket is small enough to collect.
+        Two or three jobs per rank set in practice, each sending back only sparse
+        histograms or one small bucket.
+        """
+        rdd = self._require().rdd
+        levels = 64 // DIGIT_BITS
+        # rank -> (level, prefix, how many keys sort before the prefix's bucket)
+        pending = {int(r): (0, 0, 0) for r in ranks}
+        collect: dict[int, tuple] = {}
+        found: dict[int, int] = {}
+        while pending or collect:
+            targets = sorted({(lv, px, False) for lv, px, _ in pending.values()}
+                             | {(lv, px, True) for lv, px, _ in collect.values()})
+            parts = rdd.mapPartitions(partial(_select_partition, centre=centre,
+                                              targets=targets)).collect()
+            answers = {}
+            for j, (level, prefix, is_collect) in enumerate(targets):
+                if is_collect:
+                    answers[(level, prefix, True)] = np.sort(
+                        np.concatenate([part[j] for part in parts]))
+                else:
+                    counts = np.zeros(1 << DIGIT_BITS, np.int64)
+                    for digits, hits in (part[j] for part in parts):
+                        counts[digits] += hits
+                    answers[(level, prefix, False)] = counts
+            for rank, (level, prefix, below) in collect.items():
+                found[rank] = int(answers[(level, prefix, True)][rank - below])
+            collect = {}
+            for rank, (level, prefix, below) in list(pending.items()):
+                counts = answers[(level, prefix, False)]
+                cumulative = np.cumsum(counts)
+                digit = int(np.searchsorted(cumulative, rank - below, side="right"))
+                below += int(cumulative[digit - 1]) if digit else 0
+                prefix = (prefix << DIGIT_BITS) | digit
+                del pending[rank]
+                if level + 1 == levels:
+                    found[rank] = prefix
+                elif counts[digit] <= COLLECT_LIMIT:
+                    collect[rank] = (level + 1, prefix, below)
+                else:
+                    pending[rank] = (level + 1, prefix, below)
+        return {rank: float(key_values(np.array([key], np.uint64))[0])
+                for rank, key in found.items()}
+
+    def _median(self, centre=None) -> float:
+        n_values = self._n_pixels
+        ranks = sorted({(n_values - 1) // 2, n_values // 2})
+        values = self._select(ranks, centre)
+        # np.median's own formula: the mean of the one or two middle values.
+        return float(np.mean(np.array([values[r] for r in ranks], dtype=np.float64)))
+
+    def noise_sigma(self) -> float:
+        """Return 1.4826 · median(|Y − median(Y)|) over all pixels, exactly as numpy."""
+        centre = self._median()
+        return float(MAD_TO_SIGMA * self._median(centre))
+
+    # -- low rank -----------------------------------------------------------------------
+    def _gram_or_rows(self, getter):
+        """Return the exact form :func:`~galdecon.core.operators.prox.low_rank_form` picks.
+
+        ``("rows", M^T)`` collected (n×p, smaller than one p×p Gram), or
+        ``("gram", Σ per-block p×p Grams)``, tree-aggregated over the partitions.
+        """
+        rdd = self._require().rdd
+        if low_rank_form(self._bounds[-1][1], self._stamp_pixels) == "rows":
+            rows = rdd.mapPartitions(partial(_rows_partition, getter=getter)).collect()
+            return "rows", np.concatenate(rows, axis=0)
+        depth = max(2, int(np.ceil(np.log2(max(2, self.n_partitions)) / 2)))
+        gram = rdd.mapPartitions(partial(_gram_partition, getter=getter)).treeReduce(
+            _add, depth=depth)
+        return "gram", gram
+
+    def low_rank_factors(self, getter, threshold: float, kind: str):
+        """Return ``(basis, scale)`` of the global SVT, like the local engine."""
+        return svt_factors(*self._gram_or_rows(getter), threshold, kind)
+
+    def nuclear_norm(self, getter) -> float:
+        """Return the nuclear norm of the matrix of one column per galaxy."""
+        return nuclear_norm_of(*self._gram_or_rows(getter))
+
+    # -- facts and clean-up -------------------------------------------------------------
+    def facts(self) -> dict:
+        """Engine name, master, partitions, Spark version and default parallelism."""
+        return {"engine": self.name, "master": self._sc.master,
+                "partitions": self.n_partitions, "tiles": sum(map(len, self._tile_sizes)),
+                "spark_version": self._sc.version,
+                "default_parallelism": self._sc.defaultParallelism,
+                "lineage_every": self.lineage_every}
+
+    def close(self) -> None:
+        """Unpersist the blocks; stop the session if this engine started it."""
+        live = [pin[0] for pin in self._pinned.values()] + [self._state]
+        for state in live:
+            if state is not None:
+                try:
+                    state.rdd.unpersist(blocking=False)
+                except Exception:  # noqa: BLE001 - the context may already be stopped
+                    pass
+        self._state = None
+        self._pinned.clear()
+        if self._owns_session and self.spark is not None:
+            self.spark.stop()
+            self.spark = None
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None

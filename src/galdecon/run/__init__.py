@@ -1,0 +1,1 @@
+"""One deconvolution: the API, the driver loop, checkpoints, interruption and recovery."""

@@ -1,0 +1,1 @@
+"""Science around a run: simulated data, metrics against the truth, baselines, figures."""
