@@ -13,16 +13,24 @@ import dataclasses
 import logging
 import math
 import os
-import shlex
 import signal
-import stat
 import sys
 import time
 import warnings
 from pathlib import Path
 
-from galdecon.version import __version__
-
+from galdecon.cli.options import (
+    HelpFormatter,
+    OptionFileParser,
+    aliases,
+    configure_logging,
+    count_or_auto,
+    float_or_auto,
+    positive_int,
+)
+from galdecon.core.operators.convolution import BOUNDARIES
+from galdecon.core.operators.wavelet import WAVELETS
+from galdecon.core.problem import DTYPES, MODES, Settings
 from galdecon.data import io, memory
 from galdecon.errors import (
     ConfigError,
@@ -31,119 +39,10 @@ from galdecon.errors import (
     OutputError,
     RunInterrupted,
 )
-from galdecon.core.operators.convolution import BOUNDARIES
-from galdecon.core.operators.wavelet import WAVELETS
-from galdecon.core.problem import DTYPES, MODES, Settings
+from galdecon.version import __version__
 
 log = logging.getLogger("galdecon")
 DEFAULTS = Settings()
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show each option's default, unless it has none or its help already says it."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
-            return text
-        return super()._get_help_string(action)
-
-
-class OptionFileParser(argparse.ArgumentParser):
-    """An ArgumentParser whose ``@file`` lines are split like a shell (data only).
-
-    Each line may hold an option and its values; ``#`` starts a comment. Nothing in the
-    file is evaluated or expanded (no variables, globs or commands). Files are read as
-    UTF-8; a file may name another (``@other``), at most :attr:`max_depth` deep.
-    """
-
-    #: How deep option files may include one another (a file including itself stops here).
-    max_depth = 8
-
-    def _read_args_from_files(self, arg_strings, depth=0):
-        # Replaces argparse's own expansion, which recurses without limit (a file naming
-        # itself ends in RecursionError), decodes with the locale's codec and lets a decoding
-        # error or a NUL in the name escape, and opens FIFOs (blocking for ever).
-        out = []
-        for arg in arg_strings:
-            if not arg or arg[0] not in self.fromfile_prefix_chars:
-                out.append(arg)
-                continue
-            name = arg[1:]
-            if depth >= self.max_depth:
-                raise ConfigError(f"option file {name}: option files nested more than "
-                                  f"{self.max_depth} deep (does one include itself?)")
-            out.extend(self._read_args_from_files(self._option_file_args(name), depth + 1))
-        return out
-
-    def _option_file_args(self, name: str) -> list[str]:
-        if "\x00" in name:
-            raise ConfigError(f"option file {name!r}: the name contains a NUL byte")
-        try:
-            if not stat.S_ISREG(os.stat(name).st_mode):
-                raise ConfigError(f"option file {name}: not a regular file")
-            with open(name, encoding="utf-8") as handle:
-                text = handle.read()
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"option file {name}: not UTF-8 text ({exc.reason} at byte "
-                              f"{exc.start})") from None
-        except OSError as exc:
-            raise ConfigError(f"option file {name}: {exc.strerror or exc}") from None
-        args = []
-        for line in text.splitlines():
-            args.extend(self.convert_arg_line_to_args(line))
-        return args
-
-    def convert_arg_line_to_args(self, arg_line: str):
-        try:
-            return shlex.split(arg_line, comments=True, posix=True)
-        except ValueError as exc:
-            raise ConfigError(f"option file line {arg_line!r}: {exc}") from None
-
-    def error(self, message):
-        raise ConfigError(message)
-
-
-def _aliases(*names: str) -> list[str]:
-    """Option strings plus the reference's underscore spelling of each long option."""
-    out = list(names)
-    for name in names:
-        if name.startswith("--") and "-" in name[2:]:
-            alias = "--" + name[2:].replace("-", "_")
-            if alias not in out:
-                out.append(alias)
-    return out
-
-
-def _float_or_auto(text: str):
-    if text == "auto":
-        return "auto"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
-
-
-def _count_or_auto(text: str):
-    if text == "auto":
-        return "auto"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'auto', got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def add_deconvolve_parser(sub) -> argparse.ArgumentParser:
@@ -157,85 +56,85 @@ def add_deconvolve_parser(sub) -> argparse.ArgumentParser:
         fromfile_prefix_chars="@")
     p.__class__ = OptionFileParser
     io_group = p.add_argument_group("input and output")
-    io_group.add_argument(*_aliases("-i", "--input"), metavar="IMAGES",
+    io_group.add_argument(*aliases("-i", "--input"), metavar="IMAGES",
                           help="observed stamps: .npy or FITS (file.fits[HDU] picks an HDU), "
                                "or a chunked store (URL[array], default array images; read "
                                "by the workers); shape (n, N0, N1) or (N0, N1) (required "
                                "unless --resume)")
-    io_group.add_argument(*_aliases("-p", "--psf"), metavar="PSFS",
+    io_group.add_argument(*aliases("-p", "--psf"), metavar="PSFS",
                           help="PSFs: one per stamp (n, k0, k1) or one for all (k0, k1); with "
                                "a store input, default: its psfs array (required otherwise, "
                                "unless --resume)")
-    io_group.add_argument(*_aliases("-o", "--output"), metavar="STEM", default=None,
+    io_group.add_argument(*aliases("-o", "--output"), metavar="STEM", default=None,
                           help="output stem: writes STEM_primal, STEM_dual, STEM_run.json and "
                                "STEM_cost.png (default: the input file's stem in the current "
                                "directory)")
-    io_group.add_argument(*_aliases("--output-format"), choices=OUTPUT_FORMATS,
+    io_group.add_argument(*aliases("--output-format"), choices=OUTPUT_FORMATS,
                           default=None,
                           help="format of the primal and dual: npy, fits, or zarr (one "
                                "chunked store STEM.zarr, written by the workers); default: "
                                "zarr when the input is a chunked store, else npy")
-    io_group.add_argument(*_aliases("-k", "--current-res"), metavar="PRIMAL", default=None,
+    io_group.add_argument(*aliases("-k", "--current-res"), metavar="PRIMAL", default=None,
                           help="initial primal (e.g. a previous result); default: ones")
     io_group.add_argument("--overwrite", action="store_true",
                           help="replace existing output files")
-    io_group.add_argument(*_aliases("--no-plots"), action="store_true",
+    io_group.add_argument(*aliases("--no-plots"), action="store_true",
                           help="do not write the cost-curve PNG")
 
     opt = p.add_argument_group("optimisation")
-    opt.add_argument(*_aliases("-m", "--mode"), choices=MODES, default=DEFAULTS.mode,
+    opt.add_argument(*aliases("-m", "--mode"), choices=MODES, default=DEFAULTS.mode,
                      help="regularisation: sparse wavelet or low rank")
-    opt.add_argument(*_aliases("--n-iter"), type=_positive_int, default=DEFAULTS.n_iter,
+    opt.add_argument(*aliases("--n-iter"), type=positive_int, default=DEFAULTS.n_iter,
                      help="maximum iterations per run and per reweighting")
-    opt.add_argument(*_aliases("--cost-window"), type=_positive_int,
+    opt.add_argument(*aliases("--cost-window"), type=positive_int,
                      default=DEFAULTS.cost_window,
                      help="compute the cost every this many iterations")
-    opt.add_argument(*_aliases("--convergence"), type=float, default=DEFAULTS.tolerance,
+    opt.add_argument(*aliases("--convergence"), type=float, default=DEFAULTS.tolerance,
                      metavar="TOL", help="relative cost tolerance of the convergence test")
-    opt.add_argument(*_aliases("--no-pos"), action="store_true",
+    opt.add_argument(*aliases("--no-pos"), action="store_true",
                      help="no positivity constraint")
-    opt.add_argument(*_aliases("--noise-est"), type=float, default=None, metavar="SIGMA",
+    opt.add_argument(*aliases("--noise-est"), type=float, default=None, metavar="SIGMA",
                      help="noise standard deviation (default: 1.4826 x MAD of all pixels)")
-    opt.add_argument(*_aliases("--relax"), type=float, default=DEFAULTS.relax,
+    opt.add_argument(*aliases("--relax"), type=float, default=DEFAULTS.relax,
                      help="Condat relaxation parameter rho")
-    opt.add_argument(*_aliases("--condat-sigma"), type=_float_or_auto,
+    opt.add_argument(*aliases("--condat-sigma"), type=float_or_auto,
                      default=DEFAULTS.condat_sigma, help="dual step size, or 'auto'")
-    opt.add_argument(*_aliases("--condat-tau"), type=_float_or_auto,
+    opt.add_argument(*aliases("--condat-tau"), type=float_or_auto,
                      default=DEFAULTS.condat_tau,
                      help="primal step size, or 'auto' (from the exact operator norms)")
-    opt.add_argument(*_aliases("--boundary"), choices=BOUNDARIES, default=DEFAULTS.boundary,
+    opt.add_argument(*aliases("--boundary"), choices=BOUNDARIES, default=DEFAULTS.boundary,
                      help="boundary of every convolution")
-    opt.add_argument(*_aliases("--dtype"), choices=DTYPES, default=DEFAULTS.dtype,
+    opt.add_argument(*aliases("--dtype"), choices=DTYPES, default=DEFAULTS.dtype,
                      help="working precision")
 
     sparse = p.add_argument_group("sparse mode")
-    sparse.add_argument(*_aliases("--wavelet"), choices=sorted(WAVELETS),
+    sparse.add_argument(*aliases("--wavelet"), choices=sorted(WAVELETS),
                         default=DEFAULTS.wavelet,
                         help="a trous smoothing kernel: starlet (B3 spline) or linear")
-    sparse.add_argument(*_aliases("--n-scales"), type=int, default=DEFAULTS.n_scales,
+    sparse.add_argument(*aliases("--n-scales"), type=int, default=DEFAULTS.n_scales,
                         help="wavelet scales including the (dropped) coarse scale")
-    sparse.add_argument(*_aliases("--wave-thresh-factor"), type=float, nargs="+",
+    sparse.add_argument(*aliases("--wave-thresh-factor"), type=float, nargs="+",
                         default=list(DEFAULTS.wave_thresh_factor), metavar="K",
                         help="threshold factor per detail scale (n-scales - 1 values)")
-    sparse.add_argument(*_aliases("--n-reweights"), type=int, default=DEFAULTS.n_reweights,
+    sparse.add_argument(*aliases("--n-reweights"), type=int, default=DEFAULTS.n_reweights,
                         help="number of reweighting rounds")
 
     lowr = p.add_argument_group("low-rank mode")
-    lowr.add_argument(*_aliases("--lowr-thresh-factor"), type=float,
+    lowr.add_argument(*aliases("--lowr-thresh-factor"), type=float,
                       default=DEFAULTS.lowr_thresh_factor, help="low-rank threshold factor")
-    lowr.add_argument(*_aliases("--lowr-type"), choices=("standard",),
+    lowr.add_argument(*aliases("--lowr-type"), choices=("standard",),
                       default=DEFAULTS.lowr_type, help="low-rank formulation")
-    lowr.add_argument(*_aliases("--lowr-thresh-type"), choices=("hard", "soft"),
+    lowr.add_argument(*aliases("--lowr-thresh-type"), choices=("hard", "soft"),
                       default=DEFAULTS.lowr_thresh_type, help="singular-value threshold type")
 
     ev = p.add_argument_group("evaluation against the truth")
-    ev.add_argument(*_aliases("-c", "--clean-data"), metavar="TRUTH", default=None,
+    ev.add_argument(*aliases("-c", "--clean-data"), metavar="TRUTH", default=None,
                     help="true images: print and record pixel error, ellipticity error, PSNR")
-    ev.add_argument(*_aliases("-r", "--random-seed"), type=int, default=None,
+    ev.add_argument(*aliases("-r", "--random-seed"), type=int, default=None,
                     help="seed used to select the clean data (recorded only)")
-    ev.add_argument(*_aliases("--kernel"), type=float, default=None, metavar="SIGMA",
+    ev.add_argument(*aliases("--kernel"), type=float, default=None, metavar="SIGMA",
                     help="sigma (pixels) of a Gaussian window applied before the metrics")
-    ev.add_argument(*_aliases("--metric"), choices=("median", "mean"), default="median",
+    ev.add_argument(*aliases("--metric"), choices=("median", "mean"), default="median",
                     help="aggregate printed first")
 
     rel = p.add_argument_group("checkpoints and resuming")
@@ -244,13 +143,13 @@ def add_deconvolve_parser(sub) -> argparse.ArgumentParser:
                           "options it was started with (options given here override "
                           "those that do not change the result, e.g. --engine); the result "
                           "is that of the uninterrupted run")
-    rel.add_argument(*_aliases("--checkpoint"), metavar="DIR", default=None,
+    rel.add_argument(*aliases("--checkpoint"), metavar="DIR", default=None,
                      help="checkpoint directory (default: STEM_checkpoint, or the resumed one)")
-    rel.add_argument(*_aliases("--checkpoint-every"), type=_count_or_auto, default="auto",
+    rel.add_argument(*aliases("--checkpoint-every"), type=count_or_auto, default="auto",
                      metavar="M", help="write a checkpoint every M iterations (0: only when "
                                        "interrupted; default auto: every 10 minutes of run "
                                        "time); SIGINT/SIGTERM always write one")
-    rel.add_argument(*_aliases("--keep-checkpoint"), action="store_true",
+    rel.add_argument(*aliases("--keep-checkpoint"), action="store_true",
                      help="keep the checkpoint directory after a successful run")
 
     eng = p.add_argument_group("execution")
@@ -259,13 +158,13 @@ def add_deconvolve_parser(sub) -> argparse.ArgumentParser:
     eng.add_argument("--master", default=None,
                      help="Spark master URL (default local[*,4]: every core, 4 attempts a task); "
                           "e.g. spark://host:7077")
-    eng.add_argument("--partitions", "--pn", type=_positive_int, default=None,
+    eng.add_argument("--partitions", "--pn", type=positive_int, default=None,
                      help="Spark partitions (blocks); default: Spark's default parallelism, "
                           "or more so that each holds at most 256 MiB of state")
-    eng.add_argument(*_aliases("--sync-every"), type=_positive_int, default=None, metavar="K",
+    eng.add_argument(*aliases("--sync-every"), type=positive_int, default=None, metavar="K",
                      help="iterations per synchronisation (default 4 x cost-window locally, "
                           "16 x cost-window on Spark); results do not depend on it")
-    eng.add_argument("--threads", type=_positive_int, default=None,
+    eng.add_argument("--threads", type=positive_int, default=None,
                      help="threads of the local engine (default: available cores)")
     eng.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar on stderr (default: when stderr is a terminal)")
@@ -399,11 +298,11 @@ def cli_options(args) -> dict:
 
 def run_deconvolve(args, argv=None) -> int:
     """``galdecon deconvolve``: read, validate, solve, write (or resume, then write)."""
+    from galdecon.data.sources import StoreStack, is_store_spec
     from galdecon.run import checkpoint
     from galdecon.run.api import deconvolve
     from galdecon.run.interrupt import StopRequest, handle_signals
     from galdecon.science.figures import cost_curve
-    from galdecon.data.sources import StoreStack, is_store_spec
 
     if args.resume:
         args = resumed_args(args, sys.argv[1:] if argv is None else argv)
@@ -568,20 +467,6 @@ def report(record: dict, args) -> None:
                   f"{m['ellipticity_error']:.6g}  PSNR {m['psnr']:.4g} dB")
     for key, value in record["outputs"].items():
         print(f"  {key}: {value}")
-
-
-def configure_logging(verbose: int, quiet: int) -> None:
-    """Map -v/-q to logging levels; library code only logs."""
-    level = logging.WARNING
-    if verbose == 1:
-        level = logging.INFO
-    elif verbose >= 2:
-        level = logging.DEBUG
-    elif quiet >= 2:
-        level = logging.ERROR
-    logging.basicConfig(level=level, format="galdecon: %(levelname)s: %(message)s",
-                        stream=sys.stderr)
-    logging.getLogger("galdecon").setLevel(level)
 
 
 def main(argv=None) -> int:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from galdecon.data import io
 from galdecon.bench.suite import BenchConfig
-from galdecon.cli.app import _aliases, _positive_int
-from galdecon.cli.science import _new_parser, _positive_float, _verbosity
+from galdecon.cli.options import add_verbosity, aliases, new_parser, positive_float, positive_int
+from galdecon.data import io
 from galdecon.errors import InputError
 
 OUTPUTS = ("bench.json", "bench.csv", "summary.md", "fig2_time_per_iteration.png",
@@ -18,7 +17,7 @@ OUTPUTS = ("bench.json", "bench.csv", "summary.md", "fig2_time_per_iteration.png
 def add_bench_parser(sub) -> argparse.ArgumentParser:
     """Define ``galdecon bench`` and its options."""
     d = BenchConfig()
-    p = _new_parser(
+    p = new_parser(
         sub, "bench", "time per iteration vs partitions, disk and memory, cost vs time",
         "The evaluation of Panousopoulou et al. (2017) for galdecon: time per iteration "
         "against partitions (local engine and Spark, for each sync interval K; sparse and "
@@ -26,53 +25,53 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
         "time, the cost against elapsed time for full runs, and the speed-up over a "
         "per-galaxy loop in the style of the reference code. Writes OUT/bench.json, "
         "bench.csv, summary.md and three figures.")
-    p.add_argument(*_aliases("-o", "--output"), required=True, metavar="OUT",
+    p.add_argument(*aliases("-o", "--output"), required=True, metavar="OUT",
                    help="directory for the results (made if missing)")
     p.add_argument("--overwrite", action="store_true", help="replace existing results")
     p.add_argument("--report-only", action="store_true",
                    help="redo the figures, CSV and summary from OUT/bench.json")
     data = p.add_argument_group("data")
-    data.add_argument("-n", "--n-galaxies", type=_positive_int, default=d.n,
+    data.add_argument("-n", "--n-galaxies", type=positive_int, default=d.n,
                       help="galaxies to simulate (per-object PSFs), or to take from --data")
     data.add_argument("--data", default=None, metavar="DATASET.npz",
                       help="a data set from galdecon simulate instead of simulating")
-    data.add_argument("--snr", type=_positive_float, default=d.snr,
+    data.add_argument("--snr", type=positive_float, default=d.snr,
                       help="which noisy stack to deconvolve")
-    data.add_argument(*_aliases("-r", "--seed"), type=int, default=d.seed)
+    data.add_argument(*aliases("-r", "--seed"), type=int, default=d.seed)
     runs = p.add_argument_group("runs")
     runs.add_argument("--master", default=d.master, help="Spark master for the Spark runs")
     runs.add_argument("--cluster", action="store_true",
                       help="start a standalone master and workers on 127.0.0.1 instead")
-    runs.add_argument(*_aliases("--cluster-workers"), type=_positive_int,
+    runs.add_argument(*aliases("--cluster-workers"), type=positive_int,
                       default=d.cluster_workers)
-    runs.add_argument("--partitions", "--pn", type=_positive_int, nargs="+",
+    runs.add_argument("--partitions", "--pn", type=positive_int, nargs="+",
                       default=list(d.partitions), metavar="N")
-    runs.add_argument("--sync", type=_positive_int, nargs="+", default=list(d.syncs),
+    runs.add_argument("--sync", type=positive_int, nargs="+", default=list(d.syncs),
                       metavar="K", help="iterations per synchronisation (sparse)")
     runs.add_argument("--modes", nargs="+", choices=("sparse", "lowr"),
                       default=list(d.modes))
-    runs.add_argument(*_aliases("--timing-iterations"), type=_positive_int,
+    runs.add_argument(*aliases("--timing-iterations"), type=positive_int,
                       default=d.timing_iterations,
                       help="timed sparse iterations per configuration (after one sync)")
-    runs.add_argument(*_aliases("--lowr-timing-iterations"), type=_positive_int,
+    runs.add_argument(*aliases("--lowr-timing-iterations"), type=positive_int,
                       default=d.lowr_timing_iterations)
-    runs.add_argument("--iterations", type=_positive_int, default=d.iterations,
+    runs.add_argument("--iterations", type=positive_int, default=d.iterations,
                       help="iterations of the full runs (cost against time)")
-    runs.add_argument(*_aliases("--loop-subset"), type=int, default=d.loop_subset,
+    runs.add_argument(*aliases("--loop-subset"), type=int, default=d.loop_subset,
                       help="galaxies for the per-galaxy loop (0: skip it)")
-    runs.add_argument(*_aliases("--loop-iterations"), type=_positive_int,
+    runs.add_argument(*aliases("--loop-iterations"), type=positive_int,
                       default=d.loop_iterations)
-    runs.add_argument(*_aliases("--sample-seconds"), type=_positive_float,
+    runs.add_argument(*aliases("--sample-seconds"), type=positive_float,
                       default=d.sample_seconds, help="disk and memory sampling interval")
-    runs.add_argument(*_aliases("--driver-memory"), default=d.driver_memory)
-    _verbosity(p)
+    runs.add_argument(*aliases("--driver-memory"), default=d.driver_memory)
+    add_verbosity(p)
     return p
 
 
 def run_bench_command(args) -> int:
     """``galdecon bench``: measure and write."""
-    from galdecon.bench.suite import run_bench
     from galdecon.bench.report import rewrite_report
+    from galdecon.bench.suite import run_bench
 
     out = Path(args.output)
     if args.report_only:

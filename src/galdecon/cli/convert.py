@@ -28,9 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from galdecon.cli.options import add_verbosity, new_parser, positive_int
 from galdecon.data import chunked, io
-from galdecon.cli.app import _positive_int
-from galdecon.cli.science import _new_parser, _verbosity
 from galdecon.errors import ConfigError, InputError, OutputError
 
 DEFAULT_ARRAY = "images"
@@ -432,7 +431,7 @@ def _refuse_same(source, target, source_kind, target_kind) -> None:
 
 def add_convert_parser(sub) -> argparse.ArgumentParser:
     """Define ``galdecon convert`` and its options."""
-    p = _new_parser(
+    p = new_parser(
         sub, "convert", "convert stacks between npy/FITS/npz files and chunked stores",
         "Convert a stack between .npy, FITS and the chunked store format (a Zarr group "
         "chunked along the galaxy axis, NAME.zarr or a URL such as s3://bucket/NAME.zarr, "
@@ -445,7 +444,7 @@ def add_convert_parser(sub) -> argparse.ArgumentParser:
                         "data set, or a store (NAME.zarr, file://, s3://, gs://, hdfs://...; "
                         "STORE[ARRAY] is the same as --array ARRAY)")
     p.add_argument("output", metavar="OUT", help="an .npy file, a FITS file or a store")
-    p.add_argument("--chunk", type=_positive_int, default=chunked.DEFAULT_CHUNK, metavar="N",
+    p.add_argument("--chunk", type=positive_int, default=chunked.DEFAULT_CHUNK, metavar="N",
                    help="galaxies per chunk of the store written")
     p.add_argument("--array", default=None, metavar="NAME",
                    help="npy/FITS -> store: the array's name (default images); store/npz -> "
@@ -456,7 +455,7 @@ def add_convert_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output (a store only once the new one is "
                         "complete)")
-    _verbosity(p)
+    add_verbosity(p)
     return p
 
 

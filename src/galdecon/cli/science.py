@@ -18,45 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+from galdecon.cli.options import (
+    add_verbosity,
+    aliases,
+    fraction,
+    new_parser,
+    positive_float,
+    positive_int,
+)
 from galdecon.data import io
-from galdecon.cli.app import HelpFormatter, OptionFileParser, _aliases, _positive_int
 from galdecon.errors import ConfigError, InputError
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {value}")
-    return value
-
-
-def _verbosity(p) -> None:
-    # -q/-v are also accepted after the sub-command (as for deconvolve).
-    p.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
-                   help="less output")
-    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                   help="more output")
-
-
-def _new_parser(sub, name, help_, description):
-    p = sub.add_parser(name, help=help_, description=description,
-                       formatter_class=HelpFormatter, fromfile_prefix_chars="@")
-    p.__class__ = OptionFileParser
-    return p
-
 
 # -- simulate ----------------------------------------------------------------------------
 
@@ -64,7 +35,7 @@ def add_simulate_parser(sub) -> argparse.ArgumentParser:
     """Define ``galdecon simulate`` and its options."""
     from galdecon.science.simulate import DEFAULT_SNR, PIXEL_SCALE, STAMP_SIZE, Population
 
-    p = _new_parser(
+    p = new_parser(
         sub, "simulate", "simulate galaxies, PSFs and noisy observations with known truth",
         "Simulate a GREAT3-like stack with GalSim: bulge+disk galaxies, Euclid-like optical "
         "PSFs varying across the field, observations Y = H X + noise at several SNRs "
@@ -72,46 +43,46 @@ def add_simulate_parser(sub) -> argparse.ArgumentParser:
         "same bytes), or a chunked store (NAME.zarr or a URL) written chunk by chunk by "
         "the worker processes, never held in memory (the same arrays as the .npz).")
     out = p.add_argument_group("output")
-    out.add_argument(*_aliases("-o", "--output"), required=True, metavar="DATASET",
+    out.add_argument(*aliases("-o", "--output"), required=True, metavar="DATASET",
                      help="the data set to write: an .npz file, or a chunked store "
                           "(NAME.zarr, file://, s3://, ...; see galdecon convert)")
-    out.add_argument("--chunk", type=_positive_int, default=None, metavar="N",
+    out.add_argument("--chunk", type=positive_int, default=None, metavar="N",
                      help="galaxies per chunk of a store (default 1024; stores only)")
-    out.add_argument(*_aliases("--export-npy"), metavar="DIR", default=None,
+    out.add_argument(*aliases("--export-npy"), metavar="DIR", default=None,
                      help="also write DIR/truth.npy, psfs.npy, clean.npy, "
                           "noisy_snr{S}.npy and catalogue.csv (inputs of galdecon deconvolve)")
     out.add_argument("--overwrite", action="store_true", help="replace existing files")
     sim = p.add_argument_group("simulation")
-    sim.add_argument("-n", "--n-galaxies", type=_positive_int, required=True, metavar="N",
+    sim.add_argument("-n", "--n-galaxies", type=positive_int, required=True, metavar="N",
                      help="number of galaxies")
-    sim.add_argument(*_aliases("-r", "--seed"), type=int, default=0,
+    sim.add_argument(*aliases("-r", "--seed"), type=int, default=0,
                      help="random seed (the same seed gives the same file)")
-    sim.add_argument("--snr", type=_positive_float, nargs="+", default=list(DEFAULT_SNR),
+    sim.add_argument("--snr", type=positive_float, nargs="+", default=list(DEFAULT_SNR),
                      metavar="S", help="SNR levels, one noisy stack each")
     psf = sim.add_mutually_exclusive_group()
-    psf.add_argument(*_aliases("--psf-bank"), type=_positive_int, default=None, metavar="B",
+    psf.add_argument(*aliases("--psf-bank"), type=positive_int, default=None, metavar="B",
                      help="draw B PSFs at random field positions and give each galaxy one "
                           "at random (default: one PSF per galaxy at its field position)")
-    psf.add_argument(*_aliases("--psf-file"), default=None, metavar="PSFS",
+    psf.add_argument(*aliases("--psf-file"), default=None, metavar="PSFS",
                      help="PSFs from a .npy/FITS file, (B, k0, k1) or (k0, k1); each galaxy "
                           "gets one at random")
-    sim.add_argument(*_aliases("--clumpy-fraction"), type=_fraction,
+    sim.add_argument(*aliases("--clumpy-fraction"), type=fraction,
                      default=Population().clumpy_fraction,
                      help="fraction of galaxies with star-forming knots (galsim.RandomKnots)")
-    sim.add_argument(*_aliases("--median-hlr"), type=_positive_float,
+    sim.add_argument(*aliases("--median-hlr"), type=positive_float,
                      default=Population().median_hlr, metavar="ARCSEC",
                      help="median half-light radius")
-    sim.add_argument(*_aliases("--stamp-size"), type=_positive_int, default=STAMP_SIZE,
+    sim.add_argument(*aliases("--stamp-size"), type=positive_int, default=STAMP_SIZE,
                      help="stamp side in pixels")
-    sim.add_argument(*_aliases("--pixel-scale"), type=_positive_float, default=PIXEL_SCALE,
+    sim.add_argument(*aliases("--pixel-scale"), type=positive_float, default=PIXEL_SCALE,
                      metavar="ARCSEC", help="pixel scale")
     ex = p.add_argument_group("execution")
-    ex.add_argument("--workers", type=_positive_int, default=None,
+    ex.add_argument("--workers", type=positive_int, default=None,
                     help="processes drawing galaxies (default: available cores); results "
                          "do not depend on it")
     ex.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress on stderr (default: when stderr is a terminal)")
-    _verbosity(p)
+    add_verbosity(p)
     return p
 
 
@@ -236,33 +207,33 @@ def add_evaluate_parser(sub) -> argparse.ArgumentParser:
     """Define ``galdecon evaluate`` and its options."""
     from galdecon.science.evaluate import WINDOW_SIGMA
 
-    p = _new_parser(
+    p = new_parser(
         sub, "evaluate", "measure a deconvolution against the true images",
         "Per-galaxy and aggregated quality of an estimate against the truth: pixel error "
         "(plain and Gaussian-windowed), ellipticity error from unweighted, windowed and "
         "adaptive (GalSim HSM) moments, PSNR. Writes STEM_metrics.json and "
         "STEM_metrics.csv and prints a table.")
     src = p.add_argument_group("inputs")
-    src.add_argument(*_aliases("-t", "--truth"), default=None, metavar="TRUTH",
+    src.add_argument(*aliases("-t", "--truth"), default=None, metavar="TRUTH",
                      help="true images: .npy/FITS stack, or a simulated data set .npz "
                           "(default with --record: the run's -c/--clean-data file)")
-    src.add_argument(*_aliases("-e", "--estimate"), default=None, metavar="ESTIMATE",
+    src.add_argument(*aliases("-e", "--estimate"), default=None, metavar="ESTIMATE",
                      help="estimated images (.npy/FITS), e.g. STEM_primal.npy")
     src.add_argument("--record", default=None, metavar="RUN.json",
                      help="a deconvolution run record: its primal output is the estimate")
     out = p.add_argument_group("output")
-    out.add_argument(*_aliases("-o", "--output"), default=None, metavar="STEM",
+    out.add_argument(*aliases("-o", "--output"), default=None, metavar="STEM",
                      help="write STEM_metrics.json and STEM_metrics.csv (default: the "
                           "estimate file's stem in the current directory)")
     out.add_argument("--overwrite", action="store_true", help="replace existing files")
-    out.add_argument(*_aliases("--label"), default=None,
+    out.add_argument(*aliases("--label"), default=None,
                      help="name of the estimate in the table and JSON")
     opts = p.add_argument_group("metrics")
-    opts.add_argument(*_aliases("--window"), type=_positive_float, default=WINDOW_SIGMA,
+    opts.add_argument(*aliases("--window"), type=positive_float, default=WINDOW_SIGMA,
                       metavar="SIGMA", help="sigma (pixels) of the Gaussian window")
-    opts.add_argument(*_aliases("--no-hsm"), action="store_true",
+    opts.add_argument(*aliases("--no-hsm"), action="store_true",
                       help="skip the adaptive moments (no GalSim needed)")
-    _verbosity(p)
+    add_verbosity(p)
     return p
 
 
