@@ -36,8 +36,8 @@ import numpy as np
 
 from galdecon.data import io
 
-from galdecon.science import metrics
-from galdecon.errors import EngineError, InputError
+from galdecon.science import galsim_import, metrics
+from galdecon.errors import InputError
 
 log = logging.getLogger("galdecon")
 
@@ -45,15 +45,6 @@ WINDOW_SIGMA = 5.0
 METRICS = ("pixel_error", "pixel_error_window", "ellipticity_error",
            "ellipticity_error_window", "ellipticity_error_hsm", "psnr")
 STATISTICS = ("median", "mean", "p16", "p84", "median_all", "n_failed", "failure_fraction")
-
-
-def _galsim():
-    try:
-        import galsim
-    except ImportError:
-        raise EngineError("adaptive moments need GalSim: pip install 'galdecon[sim]' "
-                          "(or evaluate with hsm=False / --no-hsm)") from None
-    return galsim
 
 
 def adaptive_shapes(images) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +56,8 @@ def adaptive_shapes(images) -> tuple[np.ndarray, np.ndarray]:
         ``(e1, e2)``; NaN where the measurement failed.
     ok : ndarray of bool, shape (n,)
     """
-    galsim = _galsim()
+    galsim = galsim_import.galsim("adaptive moments",
+                                  "evaluate with hsm=False / --no-hsm")
     stack = np.asarray(images, dtype=np.float64)
     stack = stack[None] if stack.ndim == 2 else stack
     shapes = np.full((stack.shape[0], 2), np.nan)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from galdecon.science.dataset import export_npy, read_dataset, write_dataset
+from galdecon.science import galsim_import
 from galdecon.errors import ConfigError, EngineError
 from galdecon.core.operators.convolution import Convolution
 
@@ -105,14 +106,6 @@ CATALOGUE_FIELDS = [
 ]
 
 
-def _galsim():
-    try:
-        import galsim
-    except ImportError:
-        raise EngineError("simulated data need GalSim: pip install 'galdecon[sim]'") from None
-    return galsim
-
-
 def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=key))
 
@@ -158,7 +151,7 @@ def _centre_offset(size: int) -> tuple[float, float]:
 def draw_galaxy(params: dict, population: Population = Population(),
                 stamp_size: int = STAMP_SIZE, pixel_scale: float = PIXEL_SCALE):
     """Draw one true galaxy; return (stamp normalised to unit sum, flux drawn in the stamp)."""
-    galsim = _galsim()
+    galsim = galsim_import.galsim("simulated data")
     hlr, fb = params["hlr"], params["bulge_fraction"]
     parts = [galsim.DeVaucouleurs(half_light_radius=hlr, flux=fb)] if fb > 0 else []
     disk_flux = 1.0 - fb
@@ -185,7 +178,7 @@ def _aperture(optics: Optics, pixel_scale: float):
     # default, finer grid is 20x slower and rings into negative pixels when resampled).
     # 384 pupil pixels (0.8 cm) resolve the 6 cm struts; the PSF is then within 0.3 % of
     # GalSim's 4x oversampled, 4x padded PSF.
-    galsim = _galsim()
+    galsim = galsim_import.galsim("simulated data")
     size = optics.lam_nm * 1e-9 / (pixel_scale * galsim.arcsec / galsim.radians)
     return galsim.Aperture(diam=optics.diam_m, lam=optics.lam_nm,
                            obscuration=optics.obscuration, nstruts=optics.nstruts,
@@ -201,7 +194,7 @@ def draw_psf(aberrations: dict, optics: Optics = Optics(), stamp_size: int = STA
     Returns the stamp normalised to unit sum, its origin at pixel ``(N//2, N//2)``, and the
     fraction of the light that fell in the stamp before normalisation.
     """
-    galsim = _galsim()
+    galsim = galsim_import.galsim("simulated data")
     psf = galsim.OpticalPSF(lam=optics.lam_nm, diam=optics.diam_m,
                             obscuration=optics.obscuration, nstruts=optics.nstruts,
                             strut_thick=optics.strut_thick,
@@ -420,7 +413,8 @@ def _draw_all(n, config, workers, chunk_size, progress):
 def _versions() -> dict:
     from galdecon.version import __version__
 
-    return {"galdecon": __version__, "galsim": _galsim().__version__}
+    galsim = galsim_import.galsim("simulated data")
+    return {"galdecon": __version__, "galsim": galsim.__version__}
 
 
 # -- straight into a chunked store -------------------------------------------------------
