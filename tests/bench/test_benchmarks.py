@@ -73,7 +73,7 @@ def test_paper_benchmark_smoke(tmp_path):
     assert np.all(np.diff(local["elapsed_s"]) >= 0)
     # disk and memory were sampled, per run
     assert len(result["fig3"]) == 7 and all(len(r["samples"]) >= 2 for r in result["fig3"])
-    from galdecon.bench.suite import peaks
+    from galdecon.bench.sampling import peaks
 
     run = next(r for r in result["fig3"] if (r["mode"], r["partitions"], r["sync"])
                == ("sparse", 2, 4))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from galdecon.data import io
-from galdecon.bench.suite import peaks
+from galdecon.bench.sampling import peaks
 from galdecon.errors import InputError
 
 
