@@ -23,7 +23,7 @@ def rewrite_report(out: Path) -> dict:
 
 def write_outputs(result: dict, out: Path) -> None:
     """bench.json, bench.csv (Fig. 2 rows), figures and summary.md."""
-    from galdecon.science.figures import bench_figures
+    from galdecon.bench.figures import bench_figures
 
     io.write_json(out / "bench.json", result)
     columns = ["engine", "mode", "partitions", "sync", "mean_s", "std_s", "median_s",
