@@ -403,7 +403,8 @@ def test_simulate_into_a_store_equals_the_npz(tmp_path):
 
 def test_simulate_to_store_with_a_psf_bank_equals_simulate(tmp_path, example_psfs):
     pytest.importorskip("galsim")
-    from galdecon.science.simulate import simulate, simulate_to_store
+    from galdecon.science.simulate import simulate
+    from galdecon.science.simulate_store import simulate_to_store
 
     for options in ({"psf_bank": 2}, {"psfs": example_psfs[:3]}):
         memory = simulate(10, seed=4, snr=(5,), workers=1, **options)

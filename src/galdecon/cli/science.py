@@ -168,7 +168,7 @@ def run_simulate(args) -> int:
 
 def _simulate_store(args, psfs, population, progress, show, t0) -> int:
     """``galdecon simulate -o NAME.zarr``: workers write the chunks as they draw them."""
-    from galdecon.science.simulate import simulate_to_store
+    from galdecon.science.simulate_store import simulate_to_store
 
     run = {}
     if args.psf_file:
