@@ -61,3 +61,32 @@ def test_evaluate_aggregates_and_kernel():
     assert windowed["median"]["pixel_error"] != pytest.approx(out["median"]["pixel_error"])
     with pytest.raises(ValueError, match="shape"):
         evaluate(truth, estimate[:3])
+
+
+def test_the_run_record_and_galdecon_evaluate_share_one_implementation():
+    # the record's metrics are galdecon evaluate's, for the metrics both report
+    from galdecon.science.evaluate import evaluate as evaluate_command
+
+    rng = np.random.default_rng(1)
+    truth = rng.random((6, 11, 11)) + 0.1
+    estimate = truth + 0.05 * rng.standard_normal(truth.shape)
+    estimate[2] = truth[2]  # a perfect galaxy: PSNR = inf in both
+    record = evaluate(truth, estimate)
+    command = evaluate_command(truth, estimate, hsm=False)
+    for name in ("pixel_error", "ellipticity_error", "psnr"):
+        assert record["per_galaxy"][name] == command["per_galaxy"][name]
+        assert record["summary"][name] == command["summary"][name]
+        assert record["median"][name] == command["summary"][name]["median"]
+        assert record["mean"][name] == command["summary"][name]["mean"]
+
+
+def test_galsim_missing_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from galdecon.errors import EngineError
+    from galdecon.science.galsim_import import galsim
+
+    monkeypatch.setitem(sys.modules, "galsim", None)  # import galsim raises ImportError
+    with pytest.raises(EngineError, match=r"adaptive moments need GalSim: pip install "
+                                          r"'galdecon\[sim\]' \(or use --no-hsm\)"):
+        galsim("adaptive moments", "use --no-hsm")
