@@ -249,6 +249,10 @@ def _curve(run: dict) -> dict:
 
 
 def _spark_parts(config, images, psfs, result, fig2_row, say) -> dict | None:
+    """The Spark rows of Figs. 2-4 (timed runs per mode, K and N, then a full run).
+
+    Returns the session's facts, or None when Spark is not available.
+    """
     try:
         from galdecon.engines.spark.engine import SparkEngine
         from galdecon.engines.spark.cluster import StandaloneCluster, require_spark
@@ -270,12 +274,7 @@ def _spark_parts(config, images, psfs, result, fig2_row, say) -> dict | None:
                                      local_dir=scratch)
         session_seconds = time.perf_counter() - t0
         spark = session_engine.spark
-        local_dir = spark.sparkContext.getConf().get("spark.local.dir")
-        groups = {"driver": ([local_dir], [os.getpid()])}
-        if cluster is not None:
-            for index, process in enumerate(cluster.worker_processes()):
-                groups[f"worker{index}"] = ([os.path.join(cluster.worker_dir(index), "local")],
-                                            [process.pid])
+        groups = _sample_groups(spark, cluster)
         say(f"  Spark {spark.version} session on {master} in {session_seconds:.1f} s")
         best = None
         for mode in config.modes:
@@ -294,20 +293,8 @@ def _spark_parts(config, images, psfs, result, fig2_row, say) -> dict | None:
                     if mode == "sparse" and (best is None or row["median_s"] < best["median_s"]):
                         best = row
         if best is not None:
-            with Sampler(groups, config.sample_seconds) as sampler, \
-                    SparkEngine(spark=spark, partitions=best["partitions"]) as engine:
-                full = timed_run(engine, images, psfs,
-                                 timing_settings("sparse", config.iterations), best["sync"])
-            curve = _curve(full)
-            curve |= {"engine": "spark", "partitions": best["partitions"],
-                      "end_to_end_s": session_seconds + full["total_s"]}
-            result["fig4"].append(curve)
-            result["fig3"].append({"mode": "sparse", "partitions": best["partitions"],
-                                   "sync": best["sync"], "full_run": True,
-                                   "samples": sampler.samples})
-            say(f"  spark  sparse {config.iterations} iterations (N={best['partitions']}, "
-                f"K={best['sync']}): {full['total_s']:.1f} s, end to end with the session "
-                f"start {curve['end_to_end_s']:.1f} s")
+            _spark_full_run(spark, groups, best, config, images, psfs, result,
+                            session_seconds, say)
         facts = session_engine.facts() | {"session_start_s": session_seconds}
         session_engine.close()
         return facts
@@ -315,3 +302,35 @@ def _spark_parts(config, images, psfs, result, fig2_row, say) -> dict | None:
         if cluster is not None:
             cluster.stop()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _sample_groups(spark, cluster) -> dict:
+    """The process groups to sample: the driver, and each worker of a standalone cluster."""
+    local_dir = spark.sparkContext.getConf().get("spark.local.dir")
+    groups = {"driver": ([local_dir], [os.getpid()])}
+    if cluster is not None:
+        for index, process in enumerate(cluster.worker_processes()):
+            groups[f"worker{index}"] = ([os.path.join(cluster.worker_dir(index), "local")],
+                                        [process.pid])
+    return groups
+
+
+def _spark_full_run(spark, groups, best, config, images, psfs, result, session_seconds,
+                    say) -> None:
+    """Fig. 4 on Spark: a full sparse run with the fastest partitions and sync interval."""
+    from galdecon.engines.spark.engine import SparkEngine
+
+    with Sampler(groups, config.sample_seconds) as sampler, \
+            SparkEngine(spark=spark, partitions=best["partitions"]) as engine:
+        full = timed_run(engine, images, psfs,
+                         timing_settings("sparse", config.iterations), best["sync"])
+    curve = _curve(full)
+    curve |= {"engine": "spark", "partitions": best["partitions"],
+              "end_to_end_s": session_seconds + full["total_s"]}
+    result["fig4"].append(curve)
+    result["fig3"].append({"mode": "sparse", "partitions": best["partitions"],
+                           "sync": best["sync"], "full_run": True,
+                           "samples": sampler.samples})
+    say(f"  spark  sparse {config.iterations} iterations (N={best['partitions']}, "
+        f"K={best['sync']}): {full['total_s']:.1f} s, end to end with the session "
+        f"start {curve['end_to_end_s']:.1f} s")
