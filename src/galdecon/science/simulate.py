@@ -34,6 +34,7 @@ import numpy as np
 from galdecon.core.operators.convolution import Convolution
 from galdecon.errors import ConfigError, EngineError
 from galdecon.science import galsim_import
+from galdecon.science.dataset import FORMAT as DATASET_FORMAT
 from galdecon.science.dataset import export_npy, read_dataset, write_dataset
 # re-exported: the population and its drawing were part of this module
 from galdecon.science.population import (NOISE_STREAM, PIXEL_SCALE, STAMP_SIZE, Optics,
@@ -200,7 +201,7 @@ def assign_psfs(rows: list[dict], bank: np.ndarray, bank_rows: list[dict]) -> np
 
 def simulation_meta(config: dict, n: int, snr, psf_bank) -> dict:
     """The settings of a simulation as recorded with it (the ``meta`` of :func:`simulate`)."""
-    return config | {"format": "galdecon-simulation", "version": 1, "n": int(n),
+    return config | {"format": DATASET_FORMAT, "version": 1, "n": int(n),
                      "snr": list(snr), "psf_bank": psf_bank,
                      "noise": "sigma_i = std(H_i X_i) / SNR, periodic convolution",
                      "versions": _versions()}
