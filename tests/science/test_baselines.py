@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from galdecon.core.operators import Convolution
 from galdecon.science.baselines import (
     observed,
     psf_corrected_shapes,
@@ -10,7 +11,6 @@ from galdecon.science.baselines import (
     tikhonov_regularisation,
     wiener,
 )
-from galdecon.core.operators import Convolution
 
 N = 41
 

@@ -123,8 +123,9 @@ def test_outputs(tmp_path):
 
 def test_cli_evaluate_from_a_record_and_from_a_dataset(tmp_path, capsys):
     pytest.importorskip("galsim")
-    from galdecon.science.simulate import export_npy, simulate, write_dataset
     from test_simulate import run_cli
+
+    from galdecon.science.simulate import export_npy, simulate, write_dataset
 
     data = simulate(8, seed=1, snr=(10,), workers=1)
     write_dataset(tmp_path / "d.npz", data)

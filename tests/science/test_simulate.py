@@ -9,9 +9,9 @@ import pytest
 galsim = pytest.importorskip("galsim")
 
 from galdecon.cli import app as cli  # noqa: E402
-from galdecon.science.dataset import export_npy, read_dataset, read_truth, write_dataset  # noqa: E402
-from galdecon.errors import ConfigError, InputError  # noqa: E402
 from galdecon.core.operators import Convolution  # noqa: E402
+from galdecon.errors import ConfigError, InputError  # noqa: E402
+from galdecon.science.dataset import export_npy, read_dataset, read_truth, write_dataset  # noqa: E402
 from galdecon.science.simulate import Population, draw_psf, simulate  # noqa: E402
 
 N = 41

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from galdecon.data import io
 from galdecon.bench.sampling import peaks
+from galdecon.data import io
 from galdecon.errors import InputError
 
 

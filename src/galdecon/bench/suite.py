@@ -33,12 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from galdecon.version import __version__
 from galdecon.bench.sampling import Sampler
-from galdecon.run.driver import Driver
+from galdecon.core.problem import Settings
 from galdecon.engines.local import LocalEngine
 from galdecon.errors import InputError
-from galdecon.core.problem import Settings
+from galdecon.run.driver import Driver
+from galdecon.version import __version__
 
 log = logging.getLogger("galdecon")
 
@@ -149,8 +149,8 @@ def timing_settings(mode: str, iterations: int) -> Settings:
 def reference_loop_speed(images, psfs, iterations: int, local_seconds: float,
                          n_local: int) -> dict:
     """Time the per-galaxy loop on a subset; compare per galaxy with the local engine."""
-    from galdecon.core.operators.wavelet import atrous_filters
     from galdecon.bench.reference_loop import ReferenceLoop
+    from galdecon.core.operators.wavelet import atrous_filters
 
     settings = Settings(n_iter=1)
     engine = LocalEngine()
@@ -254,8 +254,8 @@ def _spark_parts(config, images, psfs, result, fig2_row, say) -> dict | None:
     Returns the session's facts, or None when Spark is not available.
     """
     try:
-        from galdecon.engines.spark.engine import SparkEngine
         from galdecon.engines.spark.cluster import StandaloneCluster, require_spark
+        from galdecon.engines.spark.engine import SparkEngine
 
         require_spark()
     except Exception as exc:  # noqa: BLE001 - the local parts stand on their own

@@ -16,9 +16,15 @@ import numpy as np  # noqa: F401 - the Examples use it
 
 from galdecon.data import io
 from galdecon.science import metrics
+
 # re-exported: the names ``galdecon evaluate``'s users (and the benchmarks) take from here
-from galdecon.science.metrics import (METRICS, WINDOW_SIGMA, adaptive_shapes, summarise,
-                                      window_ellipticity)
+from galdecon.science.metrics import (
+    METRICS,
+    WINDOW_SIGMA,
+    adaptive_shapes,
+    summarise,
+    window_ellipticity,
+)
 
 __all__ = ["METRICS", "STATISTICS", "WINDOW_SIGMA", "adaptive_shapes", "evaluate",
            "format_summary", "format_table", "summarise", "window_ellipticity", "write_csv",

@@ -36,11 +36,22 @@ from galdecon.errors import ConfigError, EngineError
 from galdecon.science import galsim_import
 from galdecon.science.dataset import FORMAT as DATASET_FORMAT
 from galdecon.science.dataset import export_npy, read_dataset, write_dataset
+
 # re-exported: the population and its drawing were part of this module
-from galdecon.science.population import (NOISE_STREAM, PIXEL_SCALE, STAMP_SIZE, Optics,
-                                         Population, draw_chunk, draw_galaxy, draw_psf,
-                                         draw_psf_bank, field_aberrations, galaxy_parameters,
-                                         random_stream)
+from galdecon.science.population import (
+    NOISE_STREAM,
+    PIXEL_SCALE,
+    STAMP_SIZE,
+    Optics,
+    Population,
+    draw_chunk,
+    draw_galaxy,
+    draw_psf,
+    draw_psf_bank,
+    field_aberrations,
+    galaxy_parameters,
+    random_stream,
+)
 
 log = logging.getLogger("galdecon")
 

@@ -15,9 +15,18 @@ from galdecon.core.operators.convolution import Convolution
 from galdecon.errors import ConfigError
 from galdecon.science.dataset import snr_label
 from galdecon.science.population import PIXEL_SCALE, STAMP_SIZE, Optics, Population, draw_chunk
-from galdecon.science.simulate import (DEFAULT_SNR, add_noise, assign_psfs, catalogue,
-                                       catalogue_dtype, check_request, map_chunks,
-                                       psf_choices, simulation_config, simulation_meta)
+from galdecon.science.simulate import (
+    DEFAULT_SNR,
+    add_noise,
+    assign_psfs,
+    catalogue,
+    catalogue_dtype,
+    check_request,
+    map_chunks,
+    psf_choices,
+    simulation_config,
+    simulation_meta,
+)
 
 log = logging.getLogger("galdecon")
 
