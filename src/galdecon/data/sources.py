@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from galdecon.data import chunked, io
-from galdecon.run.checkpoint import STATE_NAMES
 from galdecon.errors import InputError
 
+#: The solver state a checkpoint saves, per mode: the arrays of every galaxy.
+STATE_NAMES = {"sparse": ("primal", "dual", "weights", "weights0"),
+               "lowr": ("primal", "dual")}
 #: The arrays a checkpoint's state may hold.
 STATE_ARRAYS = STATE_NAMES["sparse"]
 
@@ -152,6 +154,10 @@ class StoreStack:
     def with_state(self, state: chunked.Store) -> StoreStack:
         """The same stacks, with a checkpoint's arrays to start from."""
         return StoreStack(self.images, self.psfs, None, state, self.dtype)
+
+    def with_dtype(self, dtype) -> StoreStack:
+        """The same stacks, read in working precision ``dtype``."""
+        return replace(self, dtype=str(np.dtype(dtype)))
 
     # -- reading a block (on a worker) ------------------------------------------------------
     def read(self, start: int, stop: int) -> dict:

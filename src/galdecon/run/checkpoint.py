@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from galdecon.data.sources import STATE_NAMES
 from galdecon.errors import ConfigError, InputError, OutputError
 
 log = logging.getLogger("galdecon")
@@ -54,8 +55,6 @@ def array_digest(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-STATE_NAMES = {"sparse": ("primal", "dual", "weights", "weights0"),
-               "lowr": ("primal", "dual")}
 STATE_STORE = "state.zarr"
 
 
