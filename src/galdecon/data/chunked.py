@@ -57,7 +57,8 @@ from pathlib import Path
 import numpy as np
 
 from galdecon.errors import ConfigError, EngineError, InputError, OutputError
-from galdecon.data.io import fsync_dir, json_default, sha256
+from galdecon.data.digest import chunk_sha256, sha256
+from galdecon.data.output import fsync_dir, json_default
 
 FORMAT = "galdecon-stack"
 FORMAT_VERSION = 1
@@ -225,12 +226,6 @@ def _check_dtype(dtype, what: str) -> np.dtype:
         raise ConfigError(f"{what}: data type {dtype} is not supported; expected numbers "
                           "(bool, integer, float or complex) or records of numbers")
     return _little(dtype)
-
-
-def _sha256(data: np.ndarray) -> str:
-    """SHA-256 of an array's raw little-endian C-order bytes."""
-    data = np.ascontiguousarray(data, dtype=_little(data.dtype))
-    return hashlib.sha256(data.reshape(-1).view(np.uint8).data).hexdigest()
 
 
 def _bounds(n: int, chunk: int) -> list[tuple[int, int]]:
@@ -553,7 +548,7 @@ class Store:
             data = _from_storage(np.asarray(array[a:b]), spec)
         except Exception as exc:  # a corrupt chunk fails in the codec
             raise InputError(f"{where} is unreadable ({type(exc).__name__}: {exc})") from None
-        digest = _sha256(data)
+        digest = chunk_sha256(data)
         if digest != spec["sha256"][index]:
             raise InputError(f"{where} is corrupt: its SHA-256 is {digest[:16]}..., the "
                              f"manifest says {spec['sha256'][index][:16]}...")
@@ -839,7 +834,7 @@ class StoreWriter:
         if name not in self._zcache:
             self._zcache[name] = _zarr_open_array(self._work, name, "r+")
         self._zcache[name][start:stop] = _to_storage(data, spec)
-        sums = {a // chunk: _sha256(data[a - start:b - start])
+        sums = {a // chunk: chunk_sha256(data[a - start:b - start])
                 for a, b in _bounds(shape[0], chunk) if start <= a < stop}
         self._sums[name].update(sums)
         return sums

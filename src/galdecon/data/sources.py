@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from galdecon.data import chunked, io
+from galdecon.data import chunked
+from galdecon.data.spec import split_array
 from galdecon.errors import InputError
 
 #: The solver state a checkpoint saves, per mode: the arrays of every galaxy.
@@ -27,9 +28,7 @@ STATE_ARRAYS = STATE_NAMES["sparse"]
 
 def split_spec(spec, default: str) -> tuple[str, str]:
     """``URL[name]`` → (URL, name); a plain URL → (URL, ``default``)."""
-    path, name = io.split_hdu(spec)
-    text = str(spec) if name is None else str(spec)[: str(spec).rindex("[")]
-    return text, default if name is None else str(name)
+    return split_array(spec, default)
 
 
 def is_store_spec(spec) -> bool:
