@@ -417,7 +417,7 @@ def convert(source, target, *, array: str | None = None, chunk: int = chunked.DE
 def _refuse_same(source, target, source_kind, target_kind) -> None:
     if source_kind != target_kind:
         return
-    a, b = (chunked._Where(str(s)) for s in (source, target))
+    a, b = (chunked.Where(str(s)) for s in (source, target))
     if a.local is not None and b.local is not None:
         same = a.local.absolute() == b.local.absolute() or (
             a.local.exists() and b.local.exists() and a.local.samefile(b.local))

@@ -95,6 +95,7 @@ def open_input(path: Path):
 
 
 def shape_text(shape) -> str:
+    """A shape as ``n×N0×N1`` (``scalar`` for no axes)."""
     return "×".join(str(s) for s in shape) if shape else "scalar"
 
 
@@ -108,6 +109,7 @@ def check_size_limit(path, shape, dtype: np.dtype, limit) -> None:
 
 
 def no_memory(path, shape, dtype) -> ConfigError:
+    """The error for an array that could not be allocated."""
     n_bytes = math.prod(shape) * np.dtype(dtype).itemsize
     return ConfigError(f"{path}: not enough memory to read its {shape_text(shape)} "
                        f"{np.dtype(dtype).name} array ({format_bytes(n_bytes)}); this machine "

@@ -73,6 +73,7 @@ def check_npy_length(path, shape, dtype, offset: int, file_size: int) -> None:
 
 
 def read_npy(path: Path, limit, load: bool):
+    """Check a ``.npy`` file's header and size; return (shape, dtype, the array if ``load``)."""
     with open_input(path) as handle:
         shape, dtype, offset = read_npy_header(handle, path)
         check_npy_length(path, shape, dtype, offset, os.fstat(handle.fileno()).st_size)
