@@ -10,6 +10,7 @@ import warnings
 import zlib
 from io import BytesIO
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -132,49 +133,63 @@ def gunzip(path: Path, limit) -> BytesIO:
     return buffer
 
 
-def read_fits(path: Path, hdu, limit, load: bool):
-    """Read the header (and the data, if ``load``) of a FITS image HDU, all checked."""
-    from astropy.io import fits
+class FitsImage(NamedTuple):
+    """An image HDU picked and checked from its header: where it is and what it holds."""
 
+    index: int
+    unit: object
+    shape: tuple
+    dtype: np.dtype
+    bitpix: int
+
+
+def is_gzipped(path: Path) -> bool:
+    """Whether a file starts with the gzip magic bytes."""
+    with open_input(path) as handle:
+        return handle.read(2) == GZIP_MAGIC
+
+
+def data_size(path: Path) -> int | None:
+    """Bytes astropy reads a plain FITS file from: its size; None for a packed file."""
     with open_input(path) as handle:
         magic = handle.read(4)
-    gzipped = magic.startswith(GZIP_MAGIC)
-    with contextlib.ExitStack() as stack, warnings.catch_warnings(record=True) as caught:
-        # astropy's warnings (truncation, unparsable cards) are checked or quoted in the
-        # error here, never printed.
+    # astropy also opens gzip, bzip2 and zip files, whose size says nothing of the data's.
+    if magic.startswith((GZIP_MAGIC, b"BZh", b"PK\x03\x04")):
+        return None
+    return os.path.getsize(path)
+
+
+def check_image(hdul, hdu, path, size: int | None) -> FitsImage:
+    """Pick the image HDU (:func:`pick_hdu`), read its type, refuse it if truncated.
+
+    ``size`` is the number of bytes the file holds (None when unknown: compressed).
+    """
+    from astropy.io import fits
+
+    index, unit, shape = pick_hdu(hdul, hdu, path)
+    dtype, bitpix = fits_dtype(unit, path, index)
+    if size is not None and not isinstance(unit, fits.CompImageHDU):
+        offset = hdul.fileinfo(index)["datLoc"]
+        promised = math.prod(shape) * abs(bitpix) // 8
+        if offset + promised > size:
+            raise InputError(
+                f"{path}: truncated: HDU {index} promises a {shape_text(shape)} "
+                f"array of BITPIX {bitpix} ({promised:,} bytes from byte {offset:,}) "
+                f"but the file ends at byte {size:,}")
+    return FitsImage(index, unit, shape, dtype, bitpix)
+
+
+@contextlib.contextmanager
+def fits_errors(path, gzipped: bool):
+    """Turn what astropy raises on a damaged file into one-line errors naming the file.
+
+    astropy's warnings (truncation, unparsable cards) are quoted in the error, never
+    printed.
+    """
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if not gzipped:
-            # astropy also opens bzip2 and zip files, whose size says nothing of the data's.
-            packed = magic.startswith((b"BZh", b"PK\x03\x04"))
-            source, size = path, None if packed else os.path.getsize(path)
-        elif load:
-            source = gunzip(path, limit)
-            size = source.getbuffer().nbytes
-        else:  # the header only: decompress no further than astropy reads
-            source = stack.enter_context(gzip.open(path, "rb"))
-            size = None
         try:
-            hdul = stack.enter_context(fits.open(source, memmap=False))
-            index, unit, shape = pick_hdu(hdul, hdu, path)
-            dtype, bitpix = fits_dtype(unit, path, index)
-            if size is not None and not isinstance(unit, fits.CompImageHDU):
-                offset = hdul.fileinfo(index)["datLoc"]
-                promised = math.prod(shape) * abs(bitpix) // 8
-                if offset + promised > size:
-                    raise InputError(
-                        f"{path}: truncated: HDU {index} promises a {shape_text(shape)} "
-                        f"array of BITPIX {bitpix} ({promised:,} bytes from byte {offset:,}) "
-                        f"but the file ends at byte {size:,}")
-            if not load:
-                return shape, dtype, None
-            check_size_limit(path, shape, dtype, limit)
-            if math.prod(shape) == 0:
-                return shape, dtype, np.zeros(shape, dtype=dtype)
-            data = unit.data
-            if data is None or tuple(data.shape) != shape:
-                raise InputError(f"{path}: HDU {index} data could not be read as its header "
-                                 f"describes ({shape_text(shape)})")
-            return shape, dtype, np.array(data)
+            yield
         except GalDeconError:
             raise
         except MemoryError:
@@ -189,3 +204,31 @@ def read_fits(path: Path, hdu, limit, load: bool):
                 detail += "; " + " ".join(str(caught[0].message).split())[:300]
             raise InputError(f"{path}: not a readable FITS file ({detail})") from None
 
+
+def read_fits(path: Path, hdu, limit, load: bool):
+    """Read the header (and the data, if ``load``) of a FITS image HDU, all checked."""
+    from astropy.io import fits
+
+    gzipped = is_gzipped(path)
+    with contextlib.ExitStack() as stack, fits_errors(path, gzipped):
+        if not gzipped:
+            source, size = path, data_size(path)
+        elif load:
+            source = gunzip(path, limit)
+            size = source.getbuffer().nbytes
+        else:  # the header only: decompress no further than astropy reads
+            source = stack.enter_context(gzip.open(path, "rb"))
+            size = None
+        hdul = stack.enter_context(fits.open(source, memmap=False))
+        image = check_image(hdul, hdu, path, size)
+        shape, dtype = image.shape, image.dtype
+        if not load:
+            return shape, dtype, None
+        check_size_limit(path, shape, dtype, limit)
+        if math.prod(shape) == 0:
+            return shape, dtype, np.zeros(shape, dtype=dtype)
+        data = image.unit.data
+        if data is None or tuple(data.shape) != shape:
+            raise InputError(f"{path}: HDU {image.index} data could not be read as its "
+                             f"header describes ({shape_text(shape)})")
+        return shape, dtype, np.array(data)

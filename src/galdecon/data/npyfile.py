@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -13,11 +14,22 @@ from galdecon.data.files import (NPY_MAGIC, check_dtype, check_size_limit, no_me
 from galdecon.errors import InputError
 
 
-def read_npy_header(handle, path) -> tuple[tuple, np.dtype, int]:
-    """Parse and check a .npy header; return (shape, dtype, data offset).
+class NpyHeader(NamedTuple):
+    """What a ``.npy`` header says: the array's shape and type, where its data start."""
+
+    shape: tuple
+    dtype: np.dtype
+    offset: int
+    fortran_order: bool
+
+
+def read_npy_header(handle, path, numbers_only: bool = True) -> NpyHeader:
+    """Parse and check a .npy header; return (shape, dtype, data offset, Fortran order).
 
     The header is a Python literal read by numpy's parser (``ast.literal_eval``): nothing
     in it is executed, and an object (pickled) type is refused before any data is read.
+    ``numbers_only`` also refuses what is not plain real numbers (records, complex, bool);
+    a conversion copies those as they are.
     """
     head = handle.read(8)
     if not head:
@@ -45,7 +57,7 @@ def read_npy_header(handle, path) -> tuple[tuple, np.dtype, int]:
                          "supported; expected version 1.0 or 2.0 (what numpy.save writes "
                          "for numeric arrays)")
     try:
-        shape, _fortran, dtype = readers[version](handle)
+        shape, fortran, dtype = readers[version](handle)
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged header may fail in many ways
@@ -53,8 +65,9 @@ def read_npy_header(handle, path) -> tuple[tuple, np.dtype, int]:
                          "header written by numpy.save") from None
     if any(isinstance(s, bool) or s < 0 for s in shape):
         raise InputError(f"{path}: damaged .npy header (shape {shape}); expected sizes >= 0")
-    check_dtype(path, dtype)
-    return tuple(int(s) for s in shape), dtype, handle.tell()
+    if numbers_only or dtype.hasobject:
+        check_dtype(path, dtype)
+    return NpyHeader(tuple(int(s) for s in shape), dtype, handle.tell(), bool(fortran))
 
 
 def check_npy_length(path, shape, dtype, offset: int, file_size: int) -> None:
@@ -75,7 +88,7 @@ def check_npy_length(path, shape, dtype, offset: int, file_size: int) -> None:
 def read_npy(path: Path, limit, load: bool):
     """Check a ``.npy`` file's header and size; return (shape, dtype, the array if ``load``)."""
     with open_input(path) as handle:
-        shape, dtype, offset = read_npy_header(handle, path)
+        shape, dtype, offset, _ = read_npy_header(handle, path)
         check_npy_length(path, shape, dtype, offset, os.fstat(handle.fileno()).st_size)
         if not load:
             return shape, dtype, None
