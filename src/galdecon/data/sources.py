@@ -17,6 +17,7 @@ import numpy as np
 
 from galdecon.data import chunked
 from galdecon.data.spec import split_array
+from galdecon.data.validate import check_psfs_not_zero
 from galdecon.errors import InputError
 
 #: The solver state a checkpoint saves, per mode: the arrays of every galaxy.
@@ -174,11 +175,7 @@ class StoreStack:
         psfs = p_store.read(p_name) if self.shared_psf else p_store.read(p_name, start, stop)
         offset = 0 if self.shared_psf else start
         psfs = _finite(psfs, p_store.url, p_name, offset, "PSF")
-        flat = psfs.reshape(-1, psfs.shape[-2] * psfs.shape[-1])
-        zero = np.flatnonzero(~flat.any(axis=1))
-        if zero.size:
-            raise InputError(f"{p_store.url}[{p_name}]: PSF {offset + int(zero[0])} is all "
-                             "zeros; expected a PSF with non-zero pixels summing to 1")
+        check_psfs_not_zero(psfs, f"{p_store.url}[{p_name}]", offset, whole=False)
         out["psfs"] = np.ascontiguousarray(psfs, dtype=self.dtype)
         out["primal"] = None
         if self.primal is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
@@ -85,21 +86,9 @@ def validate_psfs(psfs: np.ndarray, n_images: int, stamp_shape, path, dtype=np.f
                          f"{tuple(stamp_shape)}; expected PSFs no larger than the stamps")
     check_finite(psfs, path, "PSF")
     psfs = _cast(psfs, path, "PSF", dtype)
-    flat = psfs.reshape(-1, psfs.shape[-2] * psfs.shape[-1])
-    name = (lambda i: f"PSF {i}") if psfs.ndim == 3 else (lambda i: "the PSF (one for all)")
-    zero = np.flatnonzero(~flat.any(axis=1))
-    if zero.size:
-        raise InputError(f"{path}: {name(int(zero[0]))} is all zeros ({zero.size} such "
-                         "PSF(s)); expected a PSF with non-zero pixels summing to 1")
-    minima = flat.min(axis=1)
-    negative = np.flatnonzero(minima < 0)
-    if negative.size:
-        worst = int(np.argmin(minima))
-        warnings.warn(f"{path}: {negative.size} PSF(s) have negative pixels (first: "
-                      f"{name(int(negative[0]))}; most negative value {minima[worst]:.8g} in "
-                      f"{name(worst)}); they are used as given, not clipped",
-                      GalDeconWarning, stacklevel=2)
-    warn_psf_sums(path, *psf_sum_outliers(psfs, tolerance))
+    check_psfs_not_zero(psfs, path)
+    warn_psfs(path, psf_summary(psfs, tolerance=tolerance), shared=psfs.ndim == 2,
+              stacklevel=2)
     return psfs
 
 
@@ -134,3 +123,96 @@ def validate_like(array: np.ndarray, images: np.ndarray, path, what: str,
         raise InputError(f"{path}: {what} shape {array.shape} does not match the images "
                          f"{images.shape}")
     return stack
+
+
+# -- the PSF checks of a block, for a map-reduce over the blocks of a stack -----------------
+
+def _psf_name(shared: bool):
+    return (lambda i: "the PSF (one for all)") if shared else (lambda i: f"PSF {i}")
+
+
+def check_psfs_not_zero(psfs: np.ndarray, path, start: int = 0, whole: bool = True) -> None:
+    """Raise InputError naming the first PSF that is all zeros.
+
+    ``psfs`` is one shared (k0, k1) PSF or a stack (m, k0, k1) of PSFs ``start`` to
+    ``start + m - 1``; ``whole`` when they are all the PSFs (the count is then given).
+    """
+    flat = psfs.reshape(-1, psfs.shape[-2] * psfs.shape[-1])
+    zero = np.flatnonzero(~flat.any(axis=1))
+    if zero.size:
+        name = _psf_name(psfs.ndim == 2)
+        count = f" ({zero.size} such PSF(s))" if whole else ""
+        raise InputError(f"{path}: {name(start + int(zero[0]))} is all zeros{count}; "
+                         "expected a PSF with non-zero pixels summing to 1")
+
+
+class PsfSummary(NamedTuple):
+    """What the PSF warnings report of some PSFs (indices are galaxy indices; -1: none).
+
+    Attributes
+    ----------
+    off_sum, off_sum_first, off_sum_value
+        How many PSFs do not sum to 1, the first of them and its sum.
+    negative, negative_first
+        How many PSFs have negative pixels, and the first of them.
+    most_negative, most_negative_index
+        The most negative pixel of all (0.0 when none) and its PSF.
+    """
+
+    off_sum: int = 0
+    off_sum_first: int = -1
+    off_sum_value: float = 1.0
+    negative: int = 0
+    negative_first: int = -1
+    most_negative: float = 0.0
+    most_negative_index: int = -1
+
+
+def psf_summary(psfs: np.ndarray, start: int = 0,
+                tolerance: float = PSF_SUM_TOLERANCE) -> PsfSummary:
+    """Summarise PSFs (one (k0, k1) or a stack (m, k0, k1) from galaxy ``start``) for the warnings.
+
+    Combine the summaries of blocks with :func:`combine_psf_summaries` and warn with
+    :func:`warn_psfs`: the warnings are then those :func:`validate_psfs` gives for the
+    whole stack.
+    """
+    count, first, value = psf_sum_outliers(psfs, tolerance, start)
+    minima = np.asarray(psfs).reshape(-1, psfs.shape[-2] * psfs.shape[-1]).min(axis=1)
+    negative = np.flatnonzero(minima < 0)
+    if not negative.size:
+        return PsfSummary(count, first, value)
+    worst = int(np.argmin(minima))
+    return PsfSummary(count, first, value, int(negative.size), start + int(negative[0]),
+                      float(minima[worst]), start + worst)
+
+
+def _earlier(count_a: int, index_a: int, count_b: int, index_b: int) -> bool:
+    return bool(count_a) and (not count_b or index_a < index_b)
+
+
+def combine_psf_summaries(a: PsfSummary, b: PsfSummary) -> PsfSummary:
+    """The summary of the PSFs of two summaries (associative and commutative: a tree reduce)."""
+    sums = a if _earlier(a.off_sum, a.off_sum_first, b.off_sum, b.off_sum_first) else b
+    first = a if _earlier(a.negative, a.negative_first, b.negative, b.negative_first) else b
+    worst = a if (a.negative and (not b.negative or (a.most_negative, a.most_negative_index)
+                                  < (b.most_negative, b.most_negative_index))) else b
+    return PsfSummary(a.off_sum + b.off_sum, sums.off_sum_first, sums.off_sum_value,
+                      a.negative + b.negative, first.negative_first, worst.most_negative,
+                      worst.most_negative_index)
+
+
+def warn_psfs(path, summary: PsfSummary, shared: bool = False, stacklevel: int = 2) -> None:
+    """The warnings for PSFs with negative pixels and PSFs that do not sum to 1.
+
+    ``shared``: the PSFs are one 2-D PSF for all galaxies. ``stacklevel`` is counted as
+    :func:`warnings.warn` counts it, from the caller of this function.
+    """
+    name = _psf_name(shared)
+    if summary.negative:
+        warnings.warn(f"{path}: {summary.negative} PSF(s) have negative pixels (first: "
+                      f"{name(summary.negative_first)}; most negative value "
+                      f"{summary.most_negative:.8g} in {name(summary.most_negative_index)}); "
+                      "they are used as given, not clipped", GalDeconWarning,
+                      stacklevel=stacklevel + 1)
+    warn_psf_sums(path, summary.off_sum, summary.off_sum_first, summary.off_sum_value,
+                  stacklevel=stacklevel + 1)
