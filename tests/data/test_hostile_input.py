@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import galdecon
-from galdecon.data import io, memory
+from galdecon.data import files as input_files, io, memory
 from galdecon.run.api import prepare_inputs
 from galdecon.cli.app import build_parser, main
 from galdecon.errors import ConfigError, GalDeconError, GalDeconWarning, InputError, OutputError
@@ -447,7 +447,7 @@ def test_open_failure_is_an_input_error(tmp_path, monkeypatch):
     def refuse(name, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(name))
 
-    monkeypatch.setattr(io, "open", refuse, raising=False)
+    monkeypatch.setattr(input_files, "open", refuse, raising=False)
     with pytest.raises(InputError) as info:
         io.read_array(path)
     assert str(info.value) == (f"{path}: cannot be read (Permission denied); expected a "
@@ -799,7 +799,7 @@ def test_huge_consistent_fits_is_refused_before_reading(tmp_path):
                                           r"array needs 1\.2 TiB"):
         io.read_array(path)
     with pytest.raises(ConfigError, match=r"needs 1\.2 TiB; this machine has 1\.0 GiB"):
-        _ = io._check_size_limit(path, (n, 41, 41), np.dtype("f8"), 2**30)
+        _ = io.check_size_limit(path, (n, 41, 41), np.dtype("f8"), 2**30)
 
 
 def test_memory_docstring_examples():

@@ -11,23 +11,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from galdecon.data import chunked, io
-from galdecon.run.checkpoint import STATE_NAMES
+from galdecon.data import chunked
+from galdecon.data.spec import split_array
+from galdecon.data.validate import check_psfs_not_zero
 from galdecon.errors import InputError
 
+#: The solver state a checkpoint saves, per mode: the arrays of every galaxy.
+STATE_NAMES = {"sparse": ("primal", "dual", "weights", "weights0"),
+               "lowr": ("primal", "dual")}
 #: The arrays a checkpoint's state may hold.
 STATE_ARRAYS = STATE_NAMES["sparse"]
 
 
 def split_spec(spec, default: str) -> tuple[str, str]:
     """``URL[name]`` → (URL, name); a plain URL → (URL, ``default``)."""
-    path, name = io.split_hdu(spec)
-    text = str(spec) if name is None else str(spec)[: str(spec).rindex("[")]
-    return text, default if name is None else str(name)
+    return split_array(spec, default)
 
 
 def is_store_spec(spec) -> bool:
@@ -153,6 +155,10 @@ class StoreStack:
         """The same stacks, with a checkpoint's arrays to start from."""
         return StoreStack(self.images, self.psfs, None, state, self.dtype)
 
+    def with_dtype(self, dtype) -> StoreStack:
+        """The same stacks, read in working precision ``dtype``."""
+        return replace(self, dtype=str(np.dtype(dtype)))
+
     # -- reading a block (on a worker) ------------------------------------------------------
     def read(self, start: int, stop: int) -> dict:
         """The arrays of galaxies ``[start, stop)``, checked and in the working dtype.
@@ -169,11 +175,7 @@ class StoreStack:
         psfs = p_store.read(p_name) if self.shared_psf else p_store.read(p_name, start, stop)
         offset = 0 if self.shared_psf else start
         psfs = _finite(psfs, p_store.url, p_name, offset, "PSF")
-        flat = psfs.reshape(-1, psfs.shape[-2] * psfs.shape[-1])
-        zero = np.flatnonzero(~flat.any(axis=1))
-        if zero.size:
-            raise InputError(f"{p_store.url}[{p_name}]: PSF {offset + int(zero[0])} is all "
-                             "zeros; expected a PSF with non-zero pixels summing to 1")
+        check_psfs_not_zero(psfs, f"{p_store.url}[{p_name}]", offset, whole=False)
         out["psfs"] = np.ascontiguousarray(psfs, dtype=self.dtype)
         out["primal"] = None
         if self.primal is not None:

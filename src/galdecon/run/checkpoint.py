@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from galdecon.data.digest import array_digest  # noqa: F401 - callers use ckpt.array_digest
+from galdecon.data.sources import STATE_NAMES
 from galdecon.errors import ConfigError, InputError, OutputError
 
 log = logging.getLogger("galdecon")
@@ -43,19 +44,6 @@ AUTO_SECONDS = 600.0
 AUTO_OVERHEAD = 20.0
 
 
-def array_digest(array: np.ndarray) -> str:
-    """sha256 of an array's dtype, shape and C-order bytes."""
-    array = np.ascontiguousarray(array)
-    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
-    flat = array.reshape(-1).view(np.uint8)
-    step = 1 << 24
-    for i in range(0, flat.size, step):
-        digest.update(flat[i:i + step])
-    return digest.hexdigest()
-
-
-STATE_NAMES = {"sparse": ("primal", "dual", "weights", "weights0"),
-               "lowr": ("primal", "dual")}
 STATE_STORE = "state.zarr"
 
 
