@@ -274,10 +274,13 @@ class Checkpointer:
         Stored in every checkpoint.
     chunk : int, optional
         Write chunked-store checkpoints (see :func:`save`).
+    base : int
+        Iterations the run starts from (a resumed run's checkpoint): the first checkpoint
+        is due ``every`` iterations after it.
     """
 
     def __init__(self, directory, engine, digests: dict, every: int | None = None,
-                 extra: dict | None = None, chunk: int | None = None):
+                 extra: dict | None = None, chunk: int | None = None, base: int = 0):
         self.directory = Path(directory)
         self.chunk = chunk
         self.engine = engine
@@ -285,7 +288,7 @@ class Checkpointer:
         self.every = every
         self.extra = extra
         self.written: int | None = None  # iterations at the last checkpoint written here
-        self.base = 0  # iterations the run started from (a resumed run's checkpoint)
+        self.base = int(base)
         self.writes = 0
         self.write_seconds = 0.0
         self._last_time = time.monotonic()
