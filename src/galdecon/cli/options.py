@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 from galdecon.errors import ConfigError
+from galdecon.version import __version__
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -160,8 +161,25 @@ def fraction(text: str) -> float:
     return value
 
 
+def top_parser() -> tuple[OptionFileParser, argparse._SubParsersAction]:
+    """The ``galdecon`` parser (``--version``, ``-q``/``-v``) and its sub-command table."""
+    parser = OptionFileParser(
+        prog="galdecon",
+        description="Space-variant PSF deconvolution of galaxy image stacks.",
+        fromfile_prefix_chars="@")
+    parser.add_argument("--version", action="version", version=f"galdecon {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="count", default=0,
+                           help="less output (-qq: errors only)")
+    verbosity.add_argument("-v", "--verbose", action="count", default=0,
+                           help="more output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    return parser, sub
+
+
 def add_verbosity(p) -> None:
-    # -q/-v are also accepted after the sub-command (as for deconvolve).
+    """``-q``/``-v`` accepted after the sub-command too."""
     p.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
                    help="less output")
     p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
