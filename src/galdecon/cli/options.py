@@ -97,6 +97,7 @@ def aliases(*names: str) -> list[str]:
 
 
 def float_or_auto(text: str):
+    """A number, or ``auto``."""
     if text == "auto":
         return "auto"
     try:
@@ -106,6 +107,7 @@ def float_or_auto(text: str):
 
 
 def count_or_auto(text: str):
+    """An integer >= 0, or ``auto``."""
     if text == "auto":
         return "auto"
     try:
@@ -118,6 +120,7 @@ def count_or_auto(text: str):
 
 
 def positive_int(text: str) -> int:
+    """An integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -142,6 +145,7 @@ def configure_logging(verbose: int, quiet: int) -> None:
 
 
 def positive_float(text: str) -> float:
+    """A finite number > 0."""
     try:
         value = float(text)
     except ValueError:
@@ -152,6 +156,7 @@ def positive_float(text: str) -> float:
 
 
 def fraction(text: str) -> float:
+    """A number in [0, 1]."""
     try:
         value = float(text)
     except ValueError:
@@ -187,6 +192,7 @@ def add_verbosity(p) -> None:
 
 
 def new_parser(sub, name, help_, description):
+    """A sub-command parser reading ``@file`` option files, with the defaults in its help."""
     p = sub.add_parser(name, help=help_, description=description,
                        formatter_class=HelpFormatter, fromfile_prefix_chars="@")
     p.__class__ = OptionFileParser

@@ -85,8 +85,8 @@ def save(directory, driver, engine, digests: dict, extra: dict | None = None,
         chunk, each chunk by the worker that holds it (for runs on chunked stores: the
         state never passes the driver); the document is the store's provenance.
     """
-    from galdecon.version import __version__
     from galdecon.data.io import atomic_path
+    from galdecon.version import __version__
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

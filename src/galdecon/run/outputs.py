@@ -1,4 +1,4 @@
-"""The fourth step of a run: the primal and dual, gathered to the driver or written by the workers."""
+"""The fourth step of a run: the primal and dual, gathered or written by the workers."""
 
 from __future__ import annotations
 
