@@ -122,7 +122,8 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
     **options
         Any :class:`~galdecon.core.problem.Settings` field (``mode``, ``wavelet``, ``n_iter``,
         ``tolerance``, ``n_reweights``, ``positivity``, ...) and engine options
-        (``threads``, ``block_size``, ``master``, ``partitions``, ``spark``).
+        (any keyword of the LocalEngine or SparkEngine constructor: ``threads``,
+        ``block_size``, ``master``, ``partitions``, ``spark``, ...).
 
     Returns
     -------
