@@ -15,6 +15,7 @@ from galdecon.errors import (  # noqa: E402
     GalDeconWarning,
     InputError,
     OutputError,
+    RunInterrupted,
 )
 from galdecon.core.problem import Settings  # noqa: E402
 
@@ -26,6 +27,7 @@ __all__ = [
     "InputError",
     "OutputError",
     "Result",
+    "RunInterrupted",
     "Settings",
     "__version__",
     "deconvolve",

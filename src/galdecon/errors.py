@@ -48,6 +48,11 @@ class RunInterrupted(GalDeconError):
         self.checkpoint = checkpoint
         self.iteration = iteration
 
+    def __reduce__(self):
+        # Exception pickles as cls(*self.args), which lacks the signal: rebuild from all four.
+        return (type(self), (str(self), self.signum, self.checkpoint, self.iteration),
+                self.__dict__)
+
 
 class GalDeconWarning(UserWarning):
     """Something suspicious in the data that does not stop the run (e.g. PSF sums)."""

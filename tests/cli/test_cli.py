@@ -167,3 +167,33 @@ def test_console_script_and_module_entry_points(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"galdecon: error: {tmp_path / 'missing.npy'}: file not found"]
+
+
+def test_progress_shows_iterations_and_cost_on_stderr(tmp_path, capsys):
+    psf = np.zeros((5, 5))
+    psf[2, 2] = 1.0
+    np.save(tmp_path / "i.npy", np.ones((3, 9, 9)))
+    np.save(tmp_path / "p.npy", psf)
+    rc = run_cli("deconvolve", "-i", tmp_path / "i.npy", "-p", tmp_path / "p.npy", "-o",
+                 tmp_path / "o", "--n-iter", 8, "--noise-est", 0.1, "--progress",
+                 "--no-plots", "-q")
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "16/16" in err and "cost " in err
+
+
+def test_no_command_module_imports_another():
+    import ast
+
+    commands = {"bench", "convert", "deconvolve", "evaluate", "simulate"}
+    cli = Path(galdecon.__file__).parent / "cli"
+    for name in commands:
+        tree = ast.parse((cli / f"{name}.py").read_text())
+        taken = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "galdecon.cli":
+                taken |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "galdecon.cli."):
+                taken.add(node.module.split(".")[2])
+        assert taken & commands == set(), name

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 import galdecon
-from galdecon.run import checkpoint
 from galdecon.cli.app import main
 from galdecon.errors import ConfigError, InputError, RunInterrupted
+from galdecon.run import checkpoint
 from galdecon.run.interrupt import StopRequest, handle_signals
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "sf_deconvolve_example"

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from galdecon.run.driver import Driver
-from galdecon.engines import LocalEngine
 from galdecon.core.operators.wavelet import atrous_filters
 from galdecon.core.problem import Settings
+from galdecon.engines import LocalEngine
+from galdecon.run.driver import Driver
 
 # ALGORITHM.md §9 (rel tol 1e-4)
 SPARSE_COST_1 = 3.0222e4

@@ -19,8 +19,8 @@ import psutil
 import pytest
 
 import galdecon
-from galdecon.run import checkpoint
 from galdecon.errors import EngineError, RunInterrupted
+from galdecon.run import checkpoint
 from galdecon.run.interrupt import StopRequest
 from spark_fixtures import EXAMPLE_DIR, FailTimes, relative_error, spark_or_skip
 

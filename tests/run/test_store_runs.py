@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 import galdecon
-from galdecon.run import checkpoint
-from galdecon.data import chunked
 from galdecon.cli.app import main
-from galdecon.errors import InputError, RunInterrupted
-from galdecon.run.interrupt import StopRequest
+from galdecon.data import chunked
 from galdecon.data.sources import StoreStack
+from galdecon.errors import InputError, RunInterrupted
+from galdecon.run import checkpoint
+from galdecon.run.interrupt import StopRequest
 from spark_fixtures import EXAMPLE_DIR, relative_error
 
 pytest.importorskip("zarr", reason="zarr is not installed (pip install 'galdecon[chunked]')")

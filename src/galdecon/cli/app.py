@@ -1,472 +1,40 @@
-"""The ``galdecon`` command line.
+"""The ``galdecon`` command line: the top-level parser and the entry point.
 
-``galdecon deconvolve -i IMAGES -p PSFS [-o STEM] [options]`` accepts sf_deconvolve's option
-set (both ``--n-iter`` and ``--n_iter`` spellings) and ``@file`` option files. Errors a user
-can cause print one line and exit with status 2.
+Each sub-command lives in its own module (:mod:`~galdecon.cli.deconvolve`,
+:mod:`~galdecon.cli.simulate`, :mod:`~galdecon.cli.convert`, :mod:`~galdecon.cli.evaluate`,
+:mod:`~galdecon.cli.bench`), which defines its options (``add_*_parser``) and runs it
+(``run_*``). Errors a user can cause print one line and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import logging
-import math
-import os
-import signal
 import sys
-import time
 import warnings
-from pathlib import Path
 
-from galdecon.cli.options import (
-    HelpFormatter,
-    OptionFileParser,
-    aliases,
-    configure_logging,
-    count_or_auto,
-    float_or_auto,
-    positive_int,
-)
-from galdecon.core.operators.convolution import BOUNDARIES
-from galdecon.core.operators.wavelet import WAVELETS
-from galdecon.core.problem import DTYPES, MODES, Settings
-from galdecon.data import io, memory
-from galdecon.errors import (
-    ConfigError,
-    GalDeconError,
-    GalDeconWarning,
-    OutputError,
-    RunInterrupted,
-)
-from galdecon.version import __version__
-
-log = logging.getLogger("galdecon")
-DEFAULTS = Settings()
-
-
-def add_deconvolve_parser(sub) -> argparse.ArgumentParser:
-    """Define ``galdecon deconvolve`` and its options."""
-    p = sub.add_parser(
-        "deconvolve", help="deconvolve a stack of galaxy stamps",
-        description="Deconvolve a stack of galaxy stamps from their PSFs (Condat-Vu "
-                    "primal-dual; sparse wavelet or low-rank regularisation). "
-                    "Options may be read from files: galdecon deconvolve @options.txt",
-        formatter_class=HelpFormatter,
-        fromfile_prefix_chars="@")
-    p.__class__ = OptionFileParser
-    io_group = p.add_argument_group("input and output")
-    io_group.add_argument(*aliases("-i", "--input"), metavar="IMAGES",
-                          help="observed stamps: .npy or FITS (file.fits[HDU] picks an HDU), "
-                               "or a chunked store (URL[array], default array images; read "
-                               "by the workers); shape (n, N0, N1) or (N0, N1) (required "
-                               "unless --resume)")
-    io_group.add_argument(*aliases("-p", "--psf"), metavar="PSFS",
-                          help="PSFs: one per stamp (n, k0, k1) or one for all (k0, k1); with "
-                               "a store input, default: its psfs array (required otherwise, "
-                               "unless --resume)")
-    io_group.add_argument(*aliases("-o", "--output"), metavar="STEM", default=None,
-                          help="output stem: writes STEM_primal, STEM_dual, STEM_run.json and "
-                               "STEM_cost.png (default: the input file's stem in the current "
-                               "directory)")
-    io_group.add_argument(*aliases("--output-format"), choices=OUTPUT_FORMATS,
-                          default=None,
-                          help="format of the primal and dual: npy, fits, or zarr (one "
-                               "chunked store STEM.zarr, written by the workers); default: "
-                               "zarr when the input is a chunked store, else npy")
-    io_group.add_argument(*aliases("-k", "--current-res"), metavar="PRIMAL", default=None,
-                          help="initial primal (e.g. a previous result); default: ones")
-    io_group.add_argument("--overwrite", action="store_true",
-                          help="replace existing output files")
-    io_group.add_argument(*aliases("--no-plots"), action="store_true",
-                          help="do not write the cost-curve PNG")
-
-    opt = p.add_argument_group("optimisation")
-    opt.add_argument(*aliases("-m", "--mode"), choices=MODES, default=DEFAULTS.mode,
-                     help="regularisation: sparse wavelet or low rank")
-    opt.add_argument(*aliases("--n-iter"), type=positive_int, default=DEFAULTS.n_iter,
-                     help="maximum iterations per run and per reweighting")
-    opt.add_argument(*aliases("--cost-window"), type=positive_int,
-                     default=DEFAULTS.cost_window,
-                     help="compute the cost every this many iterations")
-    opt.add_argument(*aliases("--convergence"), type=float, default=DEFAULTS.tolerance,
-                     metavar="TOL", help="relative cost tolerance of the convergence test")
-    opt.add_argument(*aliases("--no-pos"), action="store_true",
-                     help="no positivity constraint")
-    opt.add_argument(*aliases("--noise-est"), type=float, default=None, metavar="SIGMA",
-                     help="noise standard deviation (default: 1.4826 x MAD of all pixels)")
-    opt.add_argument(*aliases("--relax"), type=float, default=DEFAULTS.relax,
-                     help="Condat relaxation parameter rho")
-    opt.add_argument(*aliases("--condat-sigma"), type=float_or_auto,
-                     default=DEFAULTS.condat_sigma, help="dual step size, or 'auto'")
-    opt.add_argument(*aliases("--condat-tau"), type=float_or_auto,
-                     default=DEFAULTS.condat_tau,
-                     help="primal step size, or 'auto' (from the exact operator norms)")
-    opt.add_argument(*aliases("--boundary"), choices=BOUNDARIES, default=DEFAULTS.boundary,
-                     help="boundary of every convolution")
-    opt.add_argument(*aliases("--dtype"), choices=DTYPES, default=DEFAULTS.dtype,
-                     help="working precision")
-
-    sparse = p.add_argument_group("sparse mode")
-    sparse.add_argument(*aliases("--wavelet"), choices=sorted(WAVELETS),
-                        default=DEFAULTS.wavelet,
-                        help="a trous smoothing kernel: starlet (B3 spline) or linear")
-    sparse.add_argument(*aliases("--n-scales"), type=int, default=DEFAULTS.n_scales,
-                        help="wavelet scales including the (dropped) coarse scale")
-    sparse.add_argument(*aliases("--wave-thresh-factor"), type=float, nargs="+",
-                        default=list(DEFAULTS.wave_thresh_factor), metavar="K",
-                        help="threshold factor per detail scale (n-scales - 1 values)")
-    sparse.add_argument(*aliases("--n-reweights"), type=int, default=DEFAULTS.n_reweights,
-                        help="number of reweighting rounds")
-
-    lowr = p.add_argument_group("low-rank mode")
-    lowr.add_argument(*aliases("--lowr-thresh-factor"), type=float,
-                      default=DEFAULTS.lowr_thresh_factor, help="low-rank threshold factor")
-    lowr.add_argument(*aliases("--lowr-type"), choices=("standard",),
-                      default=DEFAULTS.lowr_type, help="low-rank formulation")
-    lowr.add_argument(*aliases("--lowr-thresh-type"), choices=("hard", "soft"),
-                      default=DEFAULTS.lowr_thresh_type, help="singular-value threshold type")
-
-    ev = p.add_argument_group("evaluation against the truth")
-    ev.add_argument(*aliases("-c", "--clean-data"), metavar="TRUTH", default=None,
-                    help="true images: print and record pixel error, ellipticity error, PSNR")
-    ev.add_argument(*aliases("-r", "--random-seed"), type=int, default=None,
-                    help="seed used to select the clean data (recorded only)")
-    ev.add_argument(*aliases("--kernel"), type=float, default=None, metavar="SIGMA",
-                    help="sigma (pixels) of a Gaussian window applied before the metrics")
-    ev.add_argument(*aliases("--metric"), choices=("median", "mean"), default="median",
-                    help="aggregate printed first")
-
-    rel = p.add_argument_group("checkpoints and resuming")
-    rel.add_argument("--resume", metavar="CHECKPOINT", default=None,
-                     help="continue the run saved in this checkpoint directory, with the "
-                          "options it was started with (options given here override "
-                          "those that do not change the result, e.g. --engine); the result "
-                          "is that of the uninterrupted run")
-    rel.add_argument(*aliases("--checkpoint"), metavar="DIR", default=None,
-                     help="checkpoint directory (default: STEM_checkpoint, or the resumed one)")
-    rel.add_argument(*aliases("--checkpoint-every"), type=count_or_auto, default="auto",
-                     metavar="M", help="write a checkpoint every M iterations (0: only when "
-                                       "interrupted; default auto: every 10 minutes of run "
-                                       "time); SIGINT/SIGTERM always write one")
-    rel.add_argument(*aliases("--keep-checkpoint"), action="store_true",
-                     help="keep the checkpoint directory after a successful run")
-
-    eng = p.add_argument_group("execution")
-    eng.add_argument("--engine", choices=("local", "spark"), default="local",
-                     help="where blocks run: this process, or Apache Spark")
-    eng.add_argument("--master", default=None,
-                     help="Spark master URL (default local[*,4]: every core, 4 attempts a task); "
-                          "e.g. spark://host:7077")
-    eng.add_argument("--partitions", "--pn", type=positive_int, default=None,
-                     help="Spark partitions (blocks); default: Spark's default parallelism, "
-                          "or more so that each holds at most 256 MiB of state")
-    eng.add_argument(*aliases("--sync-every"), type=positive_int, default=None, metavar="K",
-                     help="iterations per synchronisation (default 4 x cost-window locally, "
-                          "16 x cost-window on Spark); results do not depend on it")
-    eng.add_argument("--threads", type=positive_int, default=None,
-                     help="threads of the local engine (default: available cores)")
-    eng.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="progress bar on stderr (default: when stderr is a terminal)")
-    eng.add_argument("--force", action="store_true",
-                     help="run even when the memory estimate exceeds the memory available")
-    return p
+from galdecon.cli import bench, convert, deconvolve, evaluate, simulate
+from galdecon.cli.options import configure_logging, top_parser
+from galdecon.errors import GalDeconError, GalDeconWarning, RunInterrupted
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser."""
-    parser = OptionFileParser(
-        prog="galdecon",
-        description="Space-variant PSF deconvolution of galaxy image stacks.",
-        fromfile_prefix_chars="@")
-    parser.add_argument("--version", action="version", version=f"galdecon {__version__}")
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="count", default=0,
-                           help="less output (-qq: errors only)")
-    verbosity.add_argument("-v", "--verbose", action="count", default=0,
-                           help="more output (-vv: debug)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    p = add_deconvolve_parser(sub)
-    # -q/-v are also accepted after the sub-command.
-    p.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
-                   help="less output")
-    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                   help="more output")
-    from galdecon.cli import science as cli_science  # it builds on this module's helpers
-
-    cli_science.add_simulate_parser(sub)
-    from galdecon.cli import convert as cli_convert
-
-    cli_convert.add_convert_parser(sub)
-    cli_science.add_evaluate_parser(sub)
-    from galdecon.cli import bench as cli_bench
-
-    cli_bench.add_bench_parser(sub)
+    parser, sub = top_parser()
+    deconvolve.add_deconvolve_parser(sub)
+    simulate.add_simulate_parser(sub)
+    convert.add_convert_parser(sub)
+    evaluate.add_evaluate_parser(sub)
+    bench.add_bench_parser(sub)
     return parser
 
 
-def _command(name: str):
-    from galdecon.cli import bench as cli_bench
-    from galdecon.cli import convert as cli_convert
-    from galdecon.cli import science as cli_science
-
-    return {"deconvolve": run_deconvolve, "simulate": cli_science.run_simulate,
-            "convert": cli_convert.run_convert,
-            "evaluate": cli_science.run_evaluate, "bench": cli_bench.run_bench_command}[name]
-
-
-class ProgressBar:
-    """A one-line progress bar with cost and ETA, written to a stream."""
-
-    def __init__(self, stream=sys.stderr, width: int = 30):
-        self.stream = stream
-        self.width = width
-        self.start = time.perf_counter()
-
-    def __call__(self, done: int, planned: int, cost: float) -> None:
-        elapsed = time.perf_counter() - self.start
-        frac = min(1.0, done / planned) if planned else 1.0
-        eta = elapsed / done * (planned - done) if done else float("nan")
-        bar = "#" * int(frac * self.width)
-        self.stream.write(f"\r[{bar:<{self.width}}] {done}/{planned} it  cost {cost:.6g}  "
-                          f"{elapsed:6.1f}s elapsed  ETA {eta:6.1f}s ")
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
-
-
-def settings_from_args(args) -> Settings:
-    """Build validated Settings from parsed arguments."""
-    return Settings(
-        mode=args.mode, wavelet=args.wavelet, n_scales=args.n_scales,
-        wave_thresh_factor=tuple(args.wave_thresh_factor), boundary=args.boundary,
-        n_iter=args.n_iter, tolerance=args.convergence, cost_window=args.cost_window,
-        n_reweights=args.n_reweights, relax=args.relax, condat_tau=args.condat_tau,
-        condat_sigma=args.condat_sigma, positivity=not args.no_pos,
-        lowr_thresh_factor=args.lowr_thresh_factor, lowr_thresh_type=args.lowr_thresh_type,
-        lowr_type=args.lowr_type, noise_est=args.noise_est, dtype=args.dtype)
-
-
-#: Options a resumed run takes from the checkpoint unless given again (all but these).
-NOT_RESUMED = ("command", "resume", "quiet", "verbose", "progress")
-#: Options naming files, stored absolute so a run resumes from any directory.
-PATH_OPTIONS = ("input", "psf", "current_res", "clean_data", "output", "checkpoint")
-
-
-def explicit_options(argv) -> dict:
-    """The ``deconvolve`` options actually given in ``argv`` (``@files`` expanded)."""
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for action in sub.choices["deconvolve"]._actions:
-        action.default = argparse.SUPPRESS
-    return vars(parser.parse_args(argv))
-
-
-def resumed_args(args, argv):
-    """The options of a resumed run: the checkpoint's, overridden by those given now."""
-    from galdecon.run import checkpoint
-
-    saved = checkpoint.load(args.resume)
-    stored = saved.extra.get("cli", {}).get("options")
-    if not isinstance(stored, dict):
-        raise ConfigError(f"{saved.path}: the checkpoint holds no command-line options; "
-                          "resume it with galdecon.deconvolve(resume=...)")
-    given = explicit_options(argv)
-    merged = vars(args) | {k: v for k, v in stored.items() if k not in NOT_RESUMED}
-    merged |= {k: v for k, v in given.items() if k in vars(args)}
-    if "checkpoint" not in given and not stored.get("checkpoint_explicit"):
-        merged["checkpoint"] = str(saved.path)
-    merged["resume"] = saved
-    return argparse.Namespace(**merged)
-
-
-def cli_options(args) -> dict:
-    """The options to store in checkpoints (JSON-friendly, file names absolute)."""
-    out = {}
-    for key, value in vars(args).items():
-        if key in NOT_RESUMED:
-            continue
-        if key in PATH_OPTIONS and value is not None and "://" not in str(value):
-            path, hdu = io.split_hdu(value)
-            value = str(path.resolve()) + (f"[{hdu}]" if hdu is not None else "")
-        out[key] = value
-    return out
-
-
-def run_deconvolve(args, argv=None) -> int:
-    """``galdecon deconvolve``: read, validate, solve, write (or resume, then write)."""
-    from galdecon.data.sources import StoreStack, is_store_spec
-    from galdecon.run import checkpoint
-    from galdecon.run.api import deconvolve
-    from galdecon.run.interrupt import StopRequest, handle_signals
-    from galdecon.science.figures import cost_curve
-
-    if args.resume:
-        args = resumed_args(args, sys.argv[1:] if argv is None else argv)
-    stored = is_store_spec(args.input)
-    if not args.resume and (args.input is None or (args.psf is None and not stored)):
-        raise ConfigError("the following arguments are required: -i/--input, -p/--psf "
-                          "(or --resume CHECKPOINT)")
-    resume = args.resume
-    settings = settings_from_args(args)
-    fmt = args.output_format or ("zarr" if stored else "npy")
-    stem = Path(args.output) if args.output else Path(io.split_hdu(args.input)[0].name
-                                                       .split(".")[0])
-    paths = output_paths(stem, fmt, plots=not args.no_plots)
-    ckpt_dir = Path(args.checkpoint) if args.checkpoint else stem.with_name(
-        stem.name + "_checkpoint")
-    inputs = [args.input, args.psf, args.current_res, args.clean_data]
-    files = [spec for spec in inputs if not is_store_spec(spec)]
-    io.check_inputs_exist(files)
-    io.check_outputs(paths, [spec for spec in inputs if spec is not None], args.overwrite)
-    check_checkpoint_dir(ckpt_dir, [spec for spec in inputs if spec is not None], resume,
-                         args.overwrite)
-    if stored and (args.clean_data or not all(is_store_spec(s) for s in inputs if s)):
-        raise ConfigError(f"{args.input} is a chunked store: give the PSFs (and -k) as "
-                          "stores too; -c/--clean-data is not supported with stores "
-                          "(galdecon convert STEM.zarr[primal] to .npy, then galdecon evaluate)")
-    if not stored:  # from the headers alone, before anything is read
-        memory.check_inputs(args.input, args.psf, settings, force=args.force,
-                            initial_primal=args.current_res, truth=args.clean_data,
-                            engine=args.engine, threads=args.threads)
-    limit = math.inf if args.force else None  # read_array's default: the memory available
-
-    names = {"images": args.input, "psfs": args.psf, "primal": args.current_res,
-             "truth": args.clean_data}
-    stop = StopRequest()
-    with handle_signals(stop):
-        if stored:
-            images = StoreStack.open(args.input, args.psf,
-                                     args.current_res if not resume else None, args.dtype)
-            psfs = primal = truth = None
-        else:
-            images = io.read_array(args.input, max_bytes=limit)
-            psfs = io.read_array(args.psf, max_bytes=limit)
-            primal = (io.read_array(args.current_res, max_bytes=limit)
-                      if args.current_res and not resume else None)
-            truth = (io.read_array(args.clean_data, max_bytes=limit) if args.clean_data
-                     else None)
-        names = {k: str(v) for k, v in names.items() if v}
-
-        engine_opts = {}
-        if args.engine == "spark":
-            engine_opts = {"master": args.master, "partitions": args.partitions,
-                           "verbose": args.verbose > 0}
-        elif args.threads:
-            engine_opts = {"threads": args.threads}
-        show = args.progress if args.progress is not None else (sys.stderr.isatty()
-                                                                and args.quiet == 0)
-        bar = ProgressBar() if show else None
-        every = None if args.checkpoint_every == "auto" else args.checkpoint_every
-        options = cli_options(args) | {"checkpoint_explicit": args.checkpoint is not None}
-        writer = None
-        if fmt == "zarr":
-            from galdecon.data import chunked
-
-            writer = chunked.create_store(
-                paths["store"], overwrite=args.overwrite,
-                provenance={"command": "galdecon deconvolve",
-                            "run": {"settings": dataclasses.asdict(settings),
-                                    "inputs": names}})
-        try:
-            with writer if writer is not None else contextlib.nullcontext():
-                result = deconvolve(images, psfs, initial_primal=primal, truth=truth,
-                                    engine=args.engine, sync_every=args.sync_every,
-                                    kernel=args.kernel, progress=bar, settings=settings,
-                                    input_names=names, checkpoint=ckpt_dir,
-                                    checkpoint_every=every,
-                                    checkpoint_extra={"cli": {"options": options}},
-                                    resume=resume, stop=stop, output=writer, **engine_opts)
-        finally:
-            if bar is not None:
-                bar.close()
-        record = result.record
-        record["data"]["sha256"] = (
-            images.digests() if stored else {k: io.sha256(v) for k, v in names.items()})
-        record["cli"] = {"argv": sys.argv[1:] if argv is None else list(argv),
-                         "random_seed": args.random_seed, "output_format": fmt}
-        record["outputs"] = {k: str(v) for k, v in paths.items()}
-        if fmt != "zarr":
-            header = {"GDMODE": settings.mode, "GDNITER": record["result"]["iterations"],
-                      "GDSIGMA": record["problem"]["noise_sigma"]}
-            io.write_array(paths["primal"], result.primal, fmt, header)
-            io.write_array(paths["dual"], result.dual, fmt, header)
-        if "plot" in paths:
-            cost_curve(record, paths["plot"])
-        io.write_json(paths["record"], record)
-    if not args.keep_checkpoint:
-        checkpoint.remove(ckpt_dir)
-    report(record, args)
-    if stop.requested:  # the signal came after the last iteration: the outputs are whole
-        print(f"galdecon: {signal_name(stop.signum)} received after the run finished; the "
-              "outputs are complete", file=sys.stderr)
-        return 128 + stop.signum
-    return 0
-
-
-OUTPUT_FORMATS = (*io.OUTPUT_FORMATS, "zarr")
-
-
-def output_paths(stem: Path, fmt: str, plots: bool = True) -> dict[str, Path]:
-    """The files a deconvolution writes: npy/FITS files, or one chunked store (zarr)."""
-    if fmt != "zarr":
-        return io.output_paths(stem, fmt, plots=plots)
-    paths = {"store": stem.with_name(stem.name + ".zarr"),
-             "record": stem.with_name(stem.name + "_run.json")}
-    if plots:
-        paths["plot"] = stem.with_name(stem.name + "_cost.png")
-    return paths
-
-
-def check_checkpoint_dir(directory: Path, inputs, resume, overwrite: bool) -> None:
-    """Refuse a checkpoint directory that is an input, unwritable, or another run's."""
-    from galdecon.run import checkpoint
-
-    resolved = directory.resolve()
-    for spec in inputs:
-        if spec is not None and io.split_hdu(spec)[0].resolve() == resolved:
-            raise OutputError(f"{directory}: the checkpoint directory would be an input file")
-    if directory.exists() and not directory.is_dir():
-        raise OutputError(f"{directory}: exists and is not a directory; choose another "
-                          "--checkpoint")
-    parent = resolved if directory.is_dir() else resolved.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise OutputError(f"{directory}: checkpoint directory is not writable "
-                          f"({parent} is missing or read-only)")
-    ours = resume is not None and resume.path.resolve() == resolved
-    if (directory / checkpoint.STATE_FILE).exists() and not ours and not overwrite:
-        raise OutputError(f"{directory}: holds the checkpoint of another run; resume it with "
-                          f"--resume {directory}, or pass --overwrite to replace it")
-
-
-def signal_name(signum: int) -> str:
-    """SIGINT, SIGTERM, ..."""
-    return signal.Signals(signum).name
-
-
-def report(record: dict, args) -> None:
-    """Print the outcome (unless quiet)."""
-    if args.quiet:
-        return
-    res, timing = record["result"], record["timing"]
-    print(f"galdecon {record['settings']['mode']}: {record['data']['n_images']} images, "
-          f"{res['iterations']} iterations {res['iterations_per_round']}, converged="
-          f"{res['converged']}, final cost {res['final_cost']:.6g}")
-    print(f"  sigma={record['problem']['noise_sigma']:.6g} beta={record['problem']['beta']:.8g}"
-          f"  median {timing['median_iteration_s'] * 1e3:.2f} ms/iteration, total "
-          f"{timing['total_s']:.2f} s")
-    if "metrics" in record:
-        first = args.metric
-        second = "mean" if first == "median" else "median"
-        for agg in (first, second):
-            m = record["metrics"][agg]
-            print(f"  {agg:6s} pixel error {m['pixel_error']:.6g}  ellipticity error "
-                  f"{m['ellipticity_error']:.6g}  PSNR {m['psnr']:.4g} dB")
-    for key, value in record["outputs"].items():
-        print(f"  {key}: {value}")
+def run_command(args, argv=None) -> int:
+    """Run the parsed sub-command (``argv``: the command line, for the run record)."""
+    if args.command == "deconvolve":
+        return deconvolve.run_deconvolve(args, argv)
+    return {"simulate": simulate.run_simulate, "convert": convert.run_convert,
+            "evaluate": evaluate.run_evaluate,
+            "bench": bench.run_bench_command}[args.command](args)
 
 
 def main(argv=None) -> int:
@@ -478,9 +46,7 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("always", GalDeconWarning)
             warnings.showwarning = _show_warning
-            if args.command == "deconvolve":
-                return run_deconvolve(args, argv)
-            return _command(args.command)(args)
+            return run_command(args, argv)
     except RunInterrupted as exc:
         print(f"galdecon: {exc}", file=sys.stderr)
         if exc.checkpoint is not None:
@@ -495,7 +61,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("galdecon: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

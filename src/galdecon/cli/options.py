@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 from galdecon.errors import ConfigError
+from galdecon.version import __version__
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -96,6 +97,7 @@ def aliases(*names: str) -> list[str]:
 
 
 def float_or_auto(text: str):
+    """A number, or ``auto``."""
     if text == "auto":
         return "auto"
     try:
@@ -105,6 +107,7 @@ def float_or_auto(text: str):
 
 
 def count_or_auto(text: str):
+    """An integer >= 0, or ``auto``."""
     if text == "auto":
         return "auto"
     try:
@@ -117,6 +120,7 @@ def count_or_auto(text: str):
 
 
 def positive_int(text: str) -> int:
+    """An integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -141,6 +145,7 @@ def configure_logging(verbose: int, quiet: int) -> None:
 
 
 def positive_float(text: str) -> float:
+    """A finite number > 0."""
     try:
         value = float(text)
     except ValueError:
@@ -151,6 +156,7 @@ def positive_float(text: str) -> float:
 
 
 def fraction(text: str) -> float:
+    """A number in [0, 1]."""
     try:
         value = float(text)
     except ValueError:
@@ -160,8 +166,25 @@ def fraction(text: str) -> float:
     return value
 
 
+def top_parser() -> tuple[OptionFileParser, argparse._SubParsersAction]:
+    """The ``galdecon`` parser (``--version``, ``-q``/``-v``) and its sub-command table."""
+    parser = OptionFileParser(
+        prog="galdecon",
+        description="Space-variant PSF deconvolution of galaxy image stacks.",
+        fromfile_prefix_chars="@")
+    parser.add_argument("--version", action="version", version=f"galdecon {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="count", default=0,
+                           help="less output (-qq: errors only)")
+    verbosity.add_argument("-v", "--verbose", action="count", default=0,
+                           help="more output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    return parser, sub
+
+
 def add_verbosity(p) -> None:
-    # -q/-v are also accepted after the sub-command (as for deconvolve).
+    """``-q``/``-v`` accepted after the sub-command too."""
     p.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
                    help="less output")
     p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
@@ -169,6 +192,7 @@ def add_verbosity(p) -> None:
 
 
 def new_parser(sub, name, help_, description):
+    """A sub-command parser reading ``@file`` option files, with the defaults in its help."""
     p = sub.add_parser(name, help=help_, description=description,
                        formatter_class=HelpFormatter, fromfile_prefix_chars="@")
     p.__class__ = OptionFileParser

@@ -73,8 +73,8 @@ def save(directory, driver, engine, digests: dict, extra: dict | None = None,
         chunk, each chunk by the worker that holds it (for runs on chunked stores: the
         state never passes the driver); the document is the store's provenance.
     """
-    from galdecon.version import __version__
     from galdecon.data.io import atomic_path
+    from galdecon.version import __version__
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -262,10 +262,13 @@ class Checkpointer:
         Stored in every checkpoint.
     chunk : int, optional
         Write chunked-store checkpoints (see :func:`save`).
+    base : int
+        Iterations the run starts from (a resumed run's checkpoint): the first checkpoint
+        is due ``every`` iterations after it.
     """
 
     def __init__(self, directory, engine, digests: dict, every: int | None = None,
-                 extra: dict | None = None, chunk: int | None = None):
+                 extra: dict | None = None, chunk: int | None = None, base: int = 0):
         self.directory = Path(directory)
         self.chunk = chunk
         self.engine = engine
@@ -273,7 +276,7 @@ class Checkpointer:
         self.every = every
         self.extra = extra
         self.written: int | None = None  # iterations at the last checkpoint written here
-        self.base = 0  # iterations the run started from (a resumed run's checkpoint)
+        self.base = int(base)
         self.writes = 0
         self.write_seconds = 0.0
         self._last_time = time.monotonic()

@@ -30,14 +30,11 @@ class StopRequest:
     ----------
     signum : int or None
         The signal that asked to stop (None: not asked).
-    save : callable or None
-        ``save(driver) -> path or None``: called once when the driver stops, to write
-        the checkpoint the resume command will read.
     """
 
     def __init__(self):
         self.signum: int | None = None
-        self.save: Callable | None = None
+        self._save: Callable | None = None
         self._cancel: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._handler = None
@@ -61,6 +58,13 @@ class StopRequest:
         if asked:
             cancel()
 
+    def on_save(self, save: Callable) -> None:
+        """Call ``save(driver) -> path or None`` once when the driver stops.
+
+        It writes the checkpoint the resume command will read.
+        """
+        self._save = save
+
     def request(self, signum: int = signal.SIGINT) -> None:
         """Ask the run to stop at its next consistent state."""
         with self._lock:
@@ -79,8 +83,8 @@ class StopRequest:
 
         ``driver`` is None when the run stopped before its set-up was complete.
         """
-        path = self.save(driver) if self.save is not None and driver is not None else None
-        self.save = None
+        path = self._save(driver) if self._save is not None and driver is not None else None
+        self._save = None
         done = driver.position.done_total if driver is not None else 0
         name = signal.Signals(self.signum).name
         where = (f"state after {done} iterations saved to {path}" if path is not None

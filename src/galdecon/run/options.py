@@ -1,0 +1,51 @@
+"""Keyword options of :func:`~galdecon.run.api.deconvolve`: Settings fields or engine options."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+from galdecon.core.problem import Settings
+from galdecon.engines.local import LocalEngine
+from galdecon.engines.spark.engine import SparkEngine
+from galdecon.errors import ConfigError
+
+
+def engine_keywords(*engines: type) -> tuple[str, ...]:
+    """The keyword parameters the engines' constructors accept (read, so they cannot drift)."""
+    names = []
+    for engine in engines:
+        for name, param in inspect.signature(engine.__init__).parameters.items():
+            if name != "self" and param.kind in (param.POSITIONAL_OR_KEYWORD,
+                                                 param.KEYWORD_ONLY) and name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+#: Options passed to the engine: any keyword of LocalEngine's or SparkEngine's constructor.
+ENGINE_OPTIONS = engine_keywords(LocalEngine, SparkEngine)
+
+
+def split_options(options: dict) -> tuple[dict, dict]:
+    """Split keyword options into Settings fields and engine options; reject unknowns."""
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    settings, engine = {}, {}
+    for key, value in options.items():
+        if key in fields:
+            settings[key] = value
+        elif key in ENGINE_OPTIONS:
+            engine[key] = value
+        else:
+            raise ConfigError(f"unknown option {key!r}; expected one of "
+                              f"{', '.join(sorted(fields | set(ENGINE_OPTIONS)))}")
+    return settings, engine
+
+
+def resolve_options(settings: Settings | None, options: dict) -> tuple[Settings, dict]:
+    """The run's Settings (``settings`` with keyword fields overriding) and engine options."""
+    setting_opts, engine_opts = split_options(options)
+    if setting_opts or settings:
+        settings = (settings or Settings()).replace(**setting_opts)
+    else:
+        settings = Settings()
+    return settings, engine_opts
