@@ -83,8 +83,6 @@ def test_a_store_block_with_a_zero_psf_is_named(tmp_path):
         source.read(4, 8)
 
 
-@pytest.mark.xfail(reason="the call site in run/api.py (psf_summary / combine_psf_summaries / "
-                          "warn_psfs over the blocks) is wired by the integrator", strict=False)
 def test_a_store_run_warns_of_negative_psf_pixels(tmp_path):
     rng = np.random.default_rng(1)
     psfs = _psfs(8)

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from galdecon.data.digest import array_digest  # noqa: F401 - callers use ckpt.array_digest
 from galdecon.data.sources import STATE_NAMES
 from galdecon.errors import ConfigError, InputError, OutputError
 
@@ -65,7 +64,7 @@ def save(directory, driver, engine, digests: dict, extra: dict | None = None,
     engine : Engine
         Holds the blocks.
     digests : dict
-        :func:`array_digest` of the ``images`` and ``psfs`` the run was started with.
+        :func:`~galdecon.data.digest.array_digest` of the ``images`` and ``psfs`` the run was started with.
     extra : dict, optional
         JSON-friendly facts stored alongside (the command line's options).
     chunk : int, optional

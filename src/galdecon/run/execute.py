@@ -60,20 +60,14 @@ def start_blocks(eng, driver: Driver, inputs: Inputs, start) -> None:
     driver.setup(saved=None if start is None else start.meta["driver"])
 
 
-def _psf_sums(block) -> tuple[int, int, float]:
-    return io.psf_sum_outliers(block.psfs, start=block.start)
-
-
-def _first_bad(a, b):
-    count = a[0] + b[0]
-    first = a if a[0] and (not b[0] or a[1] < b[1]) else b
-    return (count, first[1], first[2]) if count else a
+def _psf_summary(block):
+    return io.psf_summary(block.psfs, start=block.start)
 
 
 def warn_psf_sums(eng, source) -> None:
-    """Warn, as for in-memory PSFs, when PSFs held by the blocks do not sum to 1."""
-    io.warn_psf_sums(f"{source.psfs[0].url}[{source.psfs[1]}]",
-                     *eng.reduce(_psf_sums, _first_bad), stacklevel=3)
+    """Warn, as for in-memory PSFs, of PSFs held by the blocks that are negative or off 1."""
+    io.warn_psfs(f"{source.psfs[0].url}[{source.psfs[1]}]",
+                 eng.reduce(_psf_summary, io.combine_psf_summaries), stacklevel=2)
 
 
 def first_line(exc: BaseException) -> str:

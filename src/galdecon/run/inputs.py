@@ -81,7 +81,7 @@ class Inputs:
         """Checksums of the images and PSFs (what a checkpoint must be resumed with)."""
         if self.source is not None:
             return self.source.digests()
-        return {"images": ckpt.array_digest(self.images), "psfs": ckpt.array_digest(self.psfs)}
+        return {"images": io.array_digest(self.images), "psfs": io.array_digest(self.psfs)}
 
 
 def read_inputs(images, psfs, initial_primal, truth, dtype: str,
@@ -91,5 +91,5 @@ def read_inputs(images, psfs, initial_primal, truth, dtype: str,
         if psfs is not None or initial_primal is not None or truth is not None:
             raise ConfigError("with stacks in chunked stores, the PSFs and the initial primal "
                               "come from the StoreStack (psfs=None); truth is not supported")
-        return Inputs(source=dataclasses.replace(images, dtype=dtype))
+        return Inputs(source=images.with_dtype(dtype))
     return Inputs(**prepare_inputs(images, psfs, initial_primal, truth, dtype, names))
