@@ -1,7 +1,8 @@
 """The engine contract: what the driver may ask of any engine (ARCHITECTURE.md).
 
 1. scatter: place blocks built from stacks (contiguous slices of the galaxy axis);
-2. map / map-reduce: run a function on every block, combining small results;
+2. map / reduce: run a function on every block, combining its results (the maths layer
+   builds its global reductions — σ, the low-rank factors — from these alone);
 3. step: replace every block by ``f(block)`` keeping big arrays where they are, returning
    only small per-block results;
 4. broadcast: small driver-side objects are passed as function arguments;
@@ -102,8 +103,13 @@ class Engine(abc.ABC):
         """Replace every block by ``fn(block)[0]``; return the ``[1]`` parts in block order."""
 
     @abc.abstractmethod
-    def reduce(self, fn: Callable, combine: Callable):
-        """Return ``combine`` folded over ``fn(block)`` for every block (blocks unchanged)."""
+    def reduce(self, fn: Callable, combine: Callable, tree: bool = False):
+        """Return ``combine`` folded over ``fn(block)`` for every block (blocks unchanged).
+
+        The fold runs in galaxy order. With ``tree``, ``combine`` is commutative and the
+        values are large (p × p Grams): a distributed engine may then combine them among
+        its workers, in any order, instead of all on the driver.
+        """
 
     @abc.abstractmethod
     def snapshot(self):
@@ -119,18 +125,6 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def gather(self, attribute: str) -> np.ndarray:
         """Return one block attribute for the whole stack, in galaxy order."""
-
-    @abc.abstractmethod
-    def noise_sigma(self) -> float:
-        """Return 1.4826 · MAD of all image pixels, exactly."""
-
-    @abc.abstractmethod
-    def low_rank_factors(self, getter: Callable, threshold: float, kind: str):
-        """Return ``(basis, scale)`` of the global SVT of the matrix of ``getter(block)``."""
-
-    @abc.abstractmethod
-    def nuclear_norm(self, getter: Callable) -> float:
-        """Return the nuclear norm of the matrix with one column ``getter(block)[i]`` per galaxy."""
 
     def facts(self) -> dict:
         """Engine facts for the run record."""

@@ -12,10 +12,9 @@ Spark job:
   results come back through an accumulator keyed by (generation, partition), read after a
   JVM-side ``count`` — so no second Python pass unpickles the blocks, and a retried task
   overwrites its own entry instead of double counting;
-- ``noise_sigma`` is an exact distributed selection (radix histograms of the
-  order-preserving integer keys of the float64 pixels, then the one small bucket that holds
-  the wanted rank is collected), equal bit for bit to :func:`galdecon.core.problem.mad_sigma`;
-- the low-rank Gram matrices are tree-aggregated and eigen-decomposed on the driver.
+- ``reduce`` folds the per-tile values within each partition and then over the
+  partitions in galaxy order; with ``tree`` (the p × p low-rank Grams) it tree-aggregates
+  them among the executors instead.
 
 Superseded states are unpersisted (a :meth:`SparkEngine.snapshot` pins one until
 :meth:`SparkEngine.release`) and the lineage is cut with ``localCheckpoint`` every
@@ -38,8 +37,6 @@ import numpy as np
 from galdecon.engines.base import Engine, block_bounds, make_block
 from galdecon.engines.spark.cluster import active_session, start_session
 from galdecon.errors import EngineError
-from galdecon.core.operators.prox import gram, low_rank_form, nuclear_norm_of, svt_factors
-from galdecon.core.problem import MAD_TO_SIGMA
 from galdecon.core.solver import Block
 
 log = logging.getLogger("galdecon")
@@ -54,9 +51,6 @@ STATE_ARRAYS_PER_GALAXY = 8
 DEFAULT_MASTER = "local[*,4]"
 # Keep each gather job's result well under spark.driver.maxResultSize (1 GiB by default).
 GATHER_CHUNK_BYTES = 256 * 2**20
-# Radix selection: 16-bit digits, and a bucket this small is collected and sorted.
-DIGIT_BITS = 16
-COLLECT_LIMIT = 1 << 20
 
 # Per Python worker: operators derived from a tile's static data, reused across maps.
 OPERATOR_CACHE_BYTES = 1 << 30
@@ -167,26 +161,6 @@ def _gather_partition(tiles, attribute):
     yield np.concatenate([getattr(tile, attribute) for tile in tiles], axis=0)
 
 
-def _rows_partition(tiles, getter):
-    _prepare_worker()
-    yield np.concatenate([np.asarray(getter(t), dtype=np.float64).reshape(t.size, -1)
-                          for t in tiles], axis=0)
-
-
-def _gram_partition(tiles, getter):
-    _prepare_worker()
-    total = None
-    for tile in tiles:
-        part = gram(getter(tile))
-        total = part if total is None else total + part
-    if total is not None:
-        yield total
-
-
-def _add(a, b):
-    return a + b
-
-
 class _ResultsParam:
     """Accumulator of ``{(generation, partition): results}``; merging overwrites.
 
@@ -200,57 +174,6 @@ class _ResultsParam:
     def addInPlace(self, value1, value2):  # noqa: N802 - PySpark's AccumulatorParam API
         value1.update(value2)
         return value1
-
-
-# -- exact distributed selection (for the median and the MAD) ----------------------------
-def order_keys(values: np.ndarray) -> np.ndarray:
-    """Map float64 values to uint64 keys with the same order (IEEE 754 bit trick)."""
-    bits = np.ascontiguousarray(values, dtype=np.float64).view(np.uint64)
-    negative = (bits >> np.uint64(63)).astype(bool)
-    return np.where(negative, ~bits, bits | np.uint64(1 << 63))
-
-
-def key_values(keys: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`order_keys`."""
-    keys = np.asarray(keys, dtype=np.uint64)
-    positive = (keys >> np.uint64(63)).astype(bool)
-    bits = np.where(positive, keys & np.uint64((1 << 63) - 1), ~keys)
-    return bits.view(np.float64)
-
-
-def _pixels(tile: Block, centre) -> np.ndarray:
-    values = np.asarray(tile.images, dtype=np.float64).ravel()
-    return values if centre is None else np.abs(values - centre)
-
-
-def _select_partition(tiles, centre, targets):
-    """Per target ``(level, prefix, collect)``, over the keys of one partition.
-
-    Yields one list: for each target, the keys whose top ``level`` digits equal ``prefix``
-    (``collect``), or a sparse histogram ``(digits, counts)`` of their next digit.
-    """
-    _prepare_worker()
-    found = [[] for _ in targets]
-    for tile in tiles:
-        keys = order_keys(_pixels(tile, centre))
-        for j, (level, prefix, collect) in enumerate(targets):
-            shift = np.uint64(64 - DIGIT_BITS * level)
-            chosen = keys if level == 0 else keys[(keys >> shift) == np.uint64(prefix)]
-            if collect:
-                found[j].append(chosen)
-            else:
-                digits = (chosen >> (shift - np.uint64(DIGIT_BITS))) & np.uint64(0xFFFF)
-                found[j].append(np.bincount(digits.astype(np.int64),
-                                            minlength=1 << DIGIT_BITS))
-    out = []
-    for (_, _, collect), parts in zip(targets, found, strict=True):
-        if collect:
-            out.append(np.concatenate(parts) if parts else np.empty(0, np.uint64))
-        else:
-            counts = np.sum(parts, axis=0) if parts else np.zeros(1 << DIGIT_BITS, np.int64)
-            digits = np.flatnonzero(counts)
-            out.append((digits, counts[digits]))
-    yield out
 
 
 class _State:
@@ -347,7 +270,7 @@ class SparkEngine(Engine):
         self._tile_sizes: list[list[int]] = []
         self._generation = 0
         self._scatter_id = ""
-        self._stamp_pixels = self._n_pixels = 0
+        self._stamp_pixels = 0
         from pyspark import StorageLevel
 
         # Disk as well as memory: under memory pressure a block spills instead of being
@@ -393,7 +316,6 @@ class SparkEngine(Engine):
         """Cut the stacks into contiguous slices, one per partition, and persist them."""
         images = arrays["images"]
         self._stamp_pixels = int(np.prod(images.shape[1:]))
-        self._n_pixels = int(n_images) * self._stamp_pixels
         n_parts = self._default_partitions(n_images)
         tiles = [make_block(arrays, lo, hi)
                  for lo, hi in self._layout(block_bounds(n_images, n_parts))]
@@ -440,7 +362,6 @@ class SparkEngine(Engine):
         are not lineage-cut: a lost partition is read again from the store.
         """
         self._stamp_pixels = int(np.prod(source.shape))
-        self._n_pixels = int(n_images) * self._stamp_pixels
         n_parts = self._default_partitions(n_images)
         if n_parts > source.n_chunks:
             log.info("Spark: %d partitions for %d chunks of the images: one per chunk",
@@ -526,10 +447,17 @@ class SparkEngine(Engine):
         self._set_state(_State(new, depth))
         return out
 
-    def reduce(self, fn, combine):
-        """Fold ``combine`` over ``fn(tile)`` for every tile, in galaxy order."""
+    def reduce(self, fn, combine, tree=False):
+        """Fold ``combine`` over ``fn(tile)`` for every tile, in galaxy order.
+
+        With ``tree``, the partitions' values are tree-aggregated on the executors (a
+        depth growing with the partitions), so the driver never receives them all.
+        """
         values = self._require().rdd.mapPartitions(partial(_reduce_partition, fn=fn))
-        return values.reduce(combine)
+        if not tree:
+            return values.reduce(combine)
+        depth = max(2, int(np.ceil(np.log2(max(2, self.n_partitions)) / 2)))
+        return values.treeReduce(combine, depth=depth)
 
     def snapshot(self):
         """Pin the current state (its RDD stays persisted until :meth:`release`)."""
@@ -568,92 +496,6 @@ class SparkEngine(Engine):
         if group:
             parts.extend(self._sc.runJob(rdd, fetch, group))
         return np.concatenate(parts, axis=0)
-
-    # -- exact σ ------------------------------------------------------------------------
-    def _select(self, ranks, centre=None) -> dict:
-        """Return ``{rank: value}`` for 0-based ranks among all pixels, exactly.
-
-        The pixels (or their absolute deviations from ``centre``) are mapped to
-        order-preserving 64-bit keys; each job histograms the next 16-bit digit of the keys
-        in the bucket known to hold a rank, until that bucket is small enough to collect.
-        Two or three jobs per rank set in practice, each sending back only sparse
-        histograms or one small bucket.
-        """
-        rdd = self._require().rdd
-        levels = 64 // DIGIT_BITS
-        # rank -> (level, prefix, how many keys sort before the prefix's bucket)
-        pending = {int(r): (0, 0, 0) for r in ranks}
-        collect: dict[int, tuple] = {}
-        found: dict[int, int] = {}
-        while pending or collect:
-            targets = sorted({(lv, px, False) for lv, px, _ in pending.values()}
-                             | {(lv, px, True) for lv, px, _ in collect.values()})
-            parts = rdd.mapPartitions(partial(_select_partition, centre=centre,
-                                              targets=targets)).collect()
-            answers = {}
-            for j, (level, prefix, is_collect) in enumerate(targets):
-                if is_collect:
-                    answers[(level, prefix, True)] = np.sort(
-                        np.concatenate([part[j] for part in parts]))
-                else:
-                    counts = np.zeros(1 << DIGIT_BITS, np.int64)
-                    for digits, hits in (part[j] for part in parts):
-                        counts[digits] += hits
-                    answers[(level, prefix, False)] = counts
-            for rank, (level, prefix, below) in collect.items():
-                found[rank] = int(answers[(level, prefix, True)][rank - below])
-            collect = {}
-            for rank, (level, prefix, below) in list(pending.items()):
-                counts = answers[(level, prefix, False)]
-                cumulative = np.cumsum(counts)
-                digit = int(np.searchsorted(cumulative, rank - below, side="right"))
-                below += int(cumulative[digit - 1]) if digit else 0
-                prefix = (prefix << DIGIT_BITS) | digit
-                del pending[rank]
-                if level + 1 == levels:
-                    found[rank] = prefix
-                elif counts[digit] <= COLLECT_LIMIT:
-                    collect[rank] = (level + 1, prefix, below)
-                else:
-                    pending[rank] = (level + 1, prefix, below)
-        return {rank: float(key_values(np.array([key], np.uint64))[0])
-                for rank, key in found.items()}
-
-    def _median(self, centre=None) -> float:
-        n_values = self._n_pixels
-        ranks = sorted({(n_values - 1) // 2, n_values // 2})
-        values = self._select(ranks, centre)
-        # np.median's own formula: the mean of the one or two middle values.
-        return float(np.mean(np.array([values[r] for r in ranks], dtype=np.float64)))
-
-    def noise_sigma(self) -> float:
-        """Return 1.4826 · median(|Y − median(Y)|) over all pixels, exactly as numpy."""
-        centre = self._median()
-        return float(MAD_TO_SIGMA * self._median(centre))
-
-    # -- low rank -----------------------------------------------------------------------
-    def _gram_or_rows(self, getter):
-        """Return the exact form :func:`~galdecon.core.operators.prox.low_rank_form` picks.
-
-        ``("rows", M^T)`` collected (n×p, smaller than one p×p Gram), or
-        ``("gram", Σ per-block p×p Grams)``, tree-aggregated over the partitions.
-        """
-        rdd = self._require().rdd
-        if low_rank_form(self._bounds[-1][1], self._stamp_pixels) == "rows":
-            rows = rdd.mapPartitions(partial(_rows_partition, getter=getter)).collect()
-            return "rows", np.concatenate(rows, axis=0)
-        depth = max(2, int(np.ceil(np.log2(max(2, self.n_partitions)) / 2)))
-        gram = rdd.mapPartitions(partial(_gram_partition, getter=getter)).treeReduce(
-            _add, depth=depth)
-        return "gram", gram
-
-    def low_rank_factors(self, getter, threshold: float, kind: str):
-        """Return ``(basis, scale)`` of the global SVT, like the local engine."""
-        return svt_factors(*self._gram_or_rows(getter), threshold, kind)
-
-    def nuclear_norm(self, getter) -> float:
-        """Return the nuclear norm of the matrix of one column per galaxy."""
-        return nuclear_norm_of(*self._gram_or_rows(getter))
 
     # -- facts and clean-up -------------------------------------------------------------
     def facts(self) -> dict:
