@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
+from galdecon.core.noise import noise_sigma
 from galdecon.engines import LocalEngine
 from galdecon.errors import ConfigError
 from galdecon.core.operators.convolution import Convolution
@@ -169,7 +170,7 @@ def example_setup(example_images, example_psfs):
     """σ and β of the example, as the driver's reductions compute them."""
     with LocalEngine() as engine:
         engine.scatter({"images": example_images, "psfs": example_psfs}, 100)
-        sigma = engine.noise_sigma()
+        sigma = noise_sigma(engine)
     beta = Convolution(example_psfs, (41, 41), "periodic").beta()
     return sigma, beta
 

@@ -202,7 +202,8 @@ class Driver:
                                          scale=scale, want_cost=want_cost))
         if not want_cost:
             return np.nan
-        return float(np.sum(shares)) + p.lowr_lambda * lowrank.nuclear_norm(self.engine, _primal, *size)
+        nuclear = lowrank.nuclear_norm(self.engine, _primal, *size)
+        return float(np.sum(shares)) + p.lowr_lambda * nuclear
 
     def _advance(self, n_iter: int) -> tuple[int, bool]:
         """Run up to ``n_iter`` iterations; return (iterations done, converged)."""
