@@ -62,17 +62,16 @@ class Engine(abc.ABC):
         """Write block attributes ``names`` as new arrays of a chunked-store writer.
 
         The arrays are created with the blocks' shapes and dtypes (read off the first
-        block), ``chunk`` galaxies per chunk (default: the store's default), then written.
-        Returns the ``{name: {chunk: sha256}}`` of the chunks written elsewhere, for
-        :meth:`~galdecon.data.chunked.StoreWriter.finalize`.
+        block), ``chunk`` galaxies per chunk (default: the writer's own default), then
+        written. Returns the ``{name: {chunk: sha256}}`` of the chunks written elsewhere,
+        for :meth:`~galdecon.data.chunked.StoreWriter.finalize`.
         """
-        from galdecon.data.chunked import DEFAULT_CHUNK
-
         layout = self.first(partial(_layout, names=tuple(names)))
+        # The writer knows its default chunk: engines do not depend on the data layer.
+        options = {"chunk": int(chunk)} if chunk else {}
         for name in names:
             tail, dtype = layout[name]
-            writer.create_array(name, (int(n_images), *tail), np.dtype(dtype),
-                                chunk=chunk or DEFAULT_CHUNK)
+            writer.create_array(name, (int(n_images), *tail), np.dtype(dtype), **options)
         return self._write_chunks(writer, names)
 
     def _write_chunks(self, writer, names) -> dict:
