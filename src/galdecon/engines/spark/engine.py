@@ -24,20 +24,26 @@ slow down. Measured Spark facts behind these choices are in ``design/SPARK_NOTES
 
 from __future__ import annotations
 
-import gc
 import logging
 import shutil
 import tempfile
 import uuid
-from collections import OrderedDict
 from functools import partial
 
 import numpy as np
 
 from galdecon.engines.base import Engine, block_bounds, make_block
 from galdecon.engines.spark.cluster import active_session, start_session
+from galdecon.engines.spark.worker import (
+    ResultsParam,
+    gather_partition,
+    map_partition,
+    read_tile,
+    reduce_partition,
+    worker_error,
+    write_partition,
+)
 from galdecon.errors import EngineError
-from galdecon.core.solver import Block
 
 log = logging.getLogger("galdecon")
 
@@ -51,130 +57,6 @@ STATE_ARRAYS_PER_GALAXY = 8
 DEFAULT_MASTER = "local[*,4]"
 # Keep each gather job's result well under spark.driver.maxResultSize (1 GiB by default).
 GATHER_CHUNK_BYTES = 256 * 2**20
-
-# Per Python worker: operators derived from a tile's static data, reused across maps.
-OPERATOR_CACHE_BYTES = 1 << 30
-_WORKER_READY = False
-_OPERATORS: OrderedDict = OrderedDict()  # (scatter id, tile start) -> (images, psfs, ops)
-
-
-def _prepare_worker() -> None:
-    """Once per Python worker process: single-threaded BLAS and a frozen heap.
-
-    Spark runs one task per core, so BLAS threads would oversubscribe the cores. The
-    reused Python worker runs ``gc.collect()`` after every task, which walks the whole heap
-    (~13 ms each); ``gc.freeze()`` moves the imported modules out of its reach.
-    """
-    global _WORKER_READY
-    if _WORKER_READY:
-        return
-    _WORKER_READY = True
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=1, user_api="blas")
-    except Exception:  # noqa: BLE001 - a speed hint only, never worth failing a task
-        pass
-    gc.freeze()
-
-
-def _same_data(a, b) -> bool:
-    return a is b or (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
-                      and a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b))
-
-
-def _reuse_operators(tile: Block, scatter_id: str) -> None:
-    """Give a freshly unpickled tile the operators this worker built for it before.
-
-    A block pickles without its derived operators (PSF transfer functions, image spectra,
-    wavelet matrices), and rebuilding them costs about a fifth of an iteration per map.
-    They are reused only if the tile's images and PSFs equal those they were built from,
-    so a stale entry can never be used; the solver still checks its settings key.
-    """
-    entry = _OPERATORS.get((scatter_id, tile.start))
-    if entry is not None and not tile._ops:
-        images, psfs, ops = entry
-        if _same_data(images, tile.images) and _same_data(psfs, tile.psfs):
-            tile._ops = ops
-            _OPERATORS.move_to_end((scatter_id, tile.start))
-
-
-def _remember_operators(tile: Block, scatter_id: str) -> None:
-    if not tile._ops:
-        return
-    _OPERATORS[(scatter_id, tile.start)] = (tile.images, tile.psfs, tile._ops)
-    _OPERATORS.move_to_end((scatter_id, tile.start))
-    # Rough size: the static arrays and a few spectra of the same size (LRU eviction).
-    per_entry = 6 * tile.images.nbytes + np.asarray(tile.psfs).nbytes
-    while len(_OPERATORS) > 1 and len(_OPERATORS) * per_entry > OPERATOR_CACHE_BYTES:
-        _OPERATORS.popitem(last=False)
-
-
-# -- functions shipped to the workers (module level so they pickle by reference) ---------
-def _map_partition(index, tiles, fn, results, generation, scatter_id):
-    _prepare_worker()
-    values = []
-    for tile in tiles:
-        _reuse_operators(tile, scatter_id)
-        new, value = fn(tile)
-        _remember_operators(new, scatter_id)
-        values.append(value)
-        yield new  # streamed: the JVM stores this tile while the next one computes
-    results.add({(generation, index): values})
-
-
-def _read_tile(bounds, source) -> Block:
-    start, stop = bounds
-    return Block(start=start, **source.read(start, stop))
-
-
-def _write_partition(tiles, writer, names):
-    tiles = list(tiles)
-    if not tiles:
-        return
-    for name in names:
-        block = np.concatenate([getattr(tile, name) for tile in tiles], axis=0)
-        yield name, writer.write_block(name, tiles[0].start, block)
-
-
-def worker_error(exc: BaseException) -> BaseException:
-    """The galdecon error a Spark task raised (e.g. a corrupt chunk), as itself."""
-    from galdecon import errors
-
-    text = str(exc)
-    for name in ("InputError", "OutputError", "ConfigError"):
-        marker = f"galdecon.errors.{name}: "
-        if marker in text:
-            message = text.split(marker, 1)[1].splitlines()[0].strip()
-            return getattr(errors, name)(message)
-    return exc
-
-
-def _reduce_partition(tiles, fn):
-    _prepare_worker()
-    for tile in tiles:
-        yield fn(tile)
-
-
-def _gather_partition(tiles, attribute):
-    _prepare_worker()
-    yield np.concatenate([getattr(tile, attribute) for tile in tiles], axis=0)
-
-
-class _ResultsParam:
-    """Accumulator of ``{(generation, partition): results}``; merging overwrites.
-
-    A retried or recomputed task sends the same entry again, so overwriting (unlike
-    adding) keeps the results exact under Spark's at-least-once accumulator updates.
-    """
-
-    def zero(self, value):
-        return {}
-
-    def addInPlace(self, value1, value2):  # noqa: N802 - PySpark's AccumulatorParam API
-        value1.update(value2)
-        return value1
-
 
 class _State:
     """One generation of the block RDD and its maps since the last lineage cut."""
@@ -278,7 +160,7 @@ class SparkEngine(Engine):
         # "Deserialized" keeps PySpark's pickled batches as JVM byte arrays, sparing a Java
         # serialisation copy on every store and read (they are pickles either way).
         self._level = StorageLevel.MEMORY_AND_DISK_DESER
-        self._results = self._sc.accumulator({}, _ResultsParam())
+        self._results = self._sc.accumulator({}, ResultsParam())
 
     # -- state bookkeeping ----------------------------------------------------------------
     @property
@@ -368,7 +250,7 @@ class SparkEngine(Engine):
                      n_parts, source.n_chunks)
         tiles = self._layout(source.bounds(n_parts))
         rdd = self._sc.parallelize(tiles, len(self._bounds)).map(
-            partial(_read_tile, source=source)).persist(self._level)
+            partial(read_tile, source=source)).persist(self._level)
         try:
             rdd._jrdd.count()  # read now: a bad chunk is reported here, by name
         except Exception as exc:
@@ -393,7 +275,7 @@ class SparkEngine(Engine):
         if not aligned:  # partitions that share chunks cannot write them in parallel
             return super()._write_chunks(writer, names)
         rdd = self._require().rdd.mapPartitions(
-            partial(_write_partition, writer=writer, names=tuple(names)))
+            partial(write_partition, writer=writer, names=tuple(names)))
         try:
             written = rdd.collect()
         except Exception as exc:
@@ -424,7 +306,7 @@ class SparkEngine(Engine):
         generation = self._generation
         self._results.value = {}
         new = state.rdd.mapPartitionsWithIndex(
-            partial(_map_partition, fn=fn, results=self._results, generation=generation,
+            partial(map_partition, fn=fn, results=self._results, generation=generation,
                     scatter_id=self._scatter_id),
             preservesPartitioning=True).persist(self._level)
         depth = state.depth + 1
@@ -453,7 +335,7 @@ class SparkEngine(Engine):
         With ``tree``, the partitions' values are tree-aggregated on the executors (a
         depth growing with the partitions), so the driver never receives them all.
         """
-        values = self._require().rdd.mapPartitions(partial(_reduce_partition, fn=fn))
+        values = self._require().rdd.mapPartitions(partial(reduce_partition, fn=fn))
         if not tree:
             return values.reduce(combine)
         depth = max(2, int(np.ceil(np.log2(max(2, self.n_partitions)) / 2)))
@@ -482,7 +364,7 @@ class SparkEngine(Engine):
     def gather(self, attribute: str) -> np.ndarray:
         """Collect one attribute in galaxy order, a few hundred MB per job at most."""
         rdd = self._require().rdd
-        fetch = partial(_gather_partition, attribute=attribute)
+        fetch = partial(gather_partition, attribute=attribute)
         parts = self._sc.runJob(rdd, fetch, [0])
         per_galaxy = parts[0].nbytes / max(1, parts[0].shape[0])
         group, group_bytes = [], 0.0
