@@ -31,7 +31,7 @@ from galdecon.cli.options import (
 from galdecon.core.operators.convolution import BOUNDARIES
 from galdecon.core.operators.wavelet import WAVELETS
 from galdecon.core.problem import DTYPES, MODES, Settings
-from galdecon.data import io, memory
+from galdecon.data import io
 from galdecon.errors import (
     ConfigError,
     GalDeconError,
@@ -39,6 +39,7 @@ from galdecon.errors import (
     OutputError,
     RunInterrupted,
 )
+from galdecon.run import preflight
 from galdecon.version import __version__
 
 log = logging.getLogger("galdecon")
@@ -329,9 +330,9 @@ def run_deconvolve(args, argv=None) -> int:
                           "stores too; -c/--clean-data is not supported with stores "
                           "(galdecon convert STEM.zarr[primal] to .npy, then galdecon evaluate)")
     if not stored:  # from the headers alone, before anything is read
-        memory.check_inputs(args.input, args.psf, settings, force=args.force,
-                            initial_primal=args.current_res, truth=args.clean_data,
-                            engine=args.engine, threads=args.threads)
+        preflight.check_inputs(args.input, args.psf, settings, force=args.force,
+                               initial_primal=args.current_res, truth=args.clean_data,
+                               engine=args.engine, threads=args.threads)
     limit = math.inf if args.force else None  # read_array's default: the memory available
 
     names = {"images": args.input, "psfs": args.psf, "primal": args.current_res,

@@ -178,3 +178,20 @@ class PixelFidelity:
 
     def cost_of(self, resid) -> float:
         return self.cost(resid)
+
+
+def operator_bytes(n_images: int, n_psfs: int, spectrum: int, itemsize: int,
+                   boundary: str) -> int:
+    """Bytes of the operators cached for a stack (:func:`galdecon.core.solver.operators`).
+
+    Summed over the blocks: the PSF transfer functions (one ``spectrum`` of complex
+    values per PSF) and, for the periodic boundary (:class:`FourierFidelity`), per stamp
+    the image spectrum and HᵀY, per PSF the gains and their (re, im) pairs; ``itemsize``
+    is the working dtype's.
+    """
+    complex_size = 2 * itemsize
+    if boundary == "periodic":
+        return (n_images * 2 * spectrum * complex_size
+                + n_psfs * spectrum * (complex_size + 3 * itemsize))
+    return n_psfs * spectrum * complex_size
+

@@ -19,8 +19,9 @@ from galdecon.core.operators.prox import gram, low_rank_form, nuclear_norm_of, s
 
 
 def block_rows(block, getter) -> list:
-    """``[Mᵀ rows of one block]``: ``getter(block)`` as float64, one row per galaxy."""
-    return [np.asarray(getter(block), dtype=np.float64).reshape(block.size, -1)]
+    """``[Mᵀ rows of one block]``: ``getter(block)``, one row per galaxy (a view)."""
+    # Left in the working dtype: the join casts to float64 once, without block copies.
+    return [getter(block).reshape(block.size, -1)]
 
 
 def block_gram(block, getter) -> np.ndarray:
@@ -43,7 +44,7 @@ def low_rank_data(engine, getter, n_images: int, n_pixels: int) -> tuple[str, np
     """
     if low_rank_form(int(n_images), int(n_pixels)) == "rows":
         rows = engine.reduce(partial(block_rows, getter=getter), operator.add)
-        return "rows", np.concatenate(rows, axis=0)
+        return "rows", np.concatenate(rows, axis=0, dtype=np.float64)
     return "gram", engine.reduce(partial(block_gram, getter=getter), operator.add, tree=True)
 
 
@@ -56,3 +57,16 @@ def low_rank_factors(engine, getter, n_images: int, n_pixels: int, threshold: fl
 def nuclear_norm(engine, getter, n_images: int, n_pixels: int) -> float:
     """Return the nuclear norm of the matrix with one column ``getter(block)[i]`` per galaxy."""
     return nuclear_norm_of(*low_rank_data(engine, getter, n_images, n_pixels))
+
+
+def low_rank_bytes(n_images: int, n_pixels: int) -> int:
+    """Bytes of one low-rank reduction at its peak (nothing is allocated).
+
+    The n × p float64 rows, plus the n × n or p × p Gram and its eigen-decomposition
+    (:func:`~galdecon.core.operators.prox.low_rank_form`). In the Gram form the rows are
+    never joined, so this bounds the blocks' Grams in flight from above.
+    """
+    n, p = int(n_images), int(n_pixels)
+    gram_size = n * n if low_rank_form(n, p) == "rows" else p * p
+    return n * p * 8 + 2 * gram_size * 8
+

@@ -151,15 +151,14 @@ class OperatorCache:
             return
         self._entries[key] = (block.images, block.psfs, block._ops)
         self._entries.move_to_end(key)
-        # Rough size: the static arrays and a few spectra of the same size.
-        per_entry = operator_bytes(block)
+        per_entry = self.entry_bytes(block)
         while len(self._entries) > 1 and len(self._entries) * per_entry > self.max_bytes:
             self._entries.popitem(last=False)
 
-
-def operator_bytes(block: Block) -> int:
-    """Rough bytes of a block's cached operators: its static arrays and a few spectra."""
-    return 6 * block.images.nbytes + np.asarray(block.psfs).nbytes
+    @staticmethod
+    def entry_bytes(block: Block) -> int:
+        """Rough bytes of a block's entry: its static arrays and a few spectra as large."""
+        return 6 * block.images.nbytes + np.asarray(block.psfs).nbytes
 
 
 def _relax(new: np.ndarray, old: np.ndarray, rho: float) -> np.ndarray:
@@ -374,3 +373,52 @@ class ConvergenceTest:
         other = ConvergenceTest(self.tolerance, self.window)
         other.counter, other.costs, other.last_test = self.counter, list(self.costs), self.last_test
         return other
+
+
+# -- memory footprints (counted by galdecon.run.preflight; nothing is allocated) -----------
+def state_bytes(n_images: int, n_pixels: int, itemsize: int, dual_bands: int) -> int:
+    """Bytes of the solver state of a stack: the primal (n, N0, N1) and the dual.
+
+    ``dual_bands`` is J in sparse mode (the dual is (n, J, N0, N1)), 1 in low rank.
+    """
+    return n_images * n_pixels * itemsize * (1 + dual_bands)
+
+
+def weights_bytes(n_images: int, n_bands: int, n_pixels: int, reweighted: bool) -> int:
+    """Bytes of the sparse weights: (n, J) float64, (n, J, N0, N1) once :func:`reweight`."""
+    return n_images * n_bands * (n_pixels if reweighted else 1) * 8
+
+
+def sparse_scratch_bytes(n_images: int, n_bands: int, n_pixels: int, spectrum: int,
+                         itemsize: int) -> int:
+    """Bytes of one thread's scratch arrays in :func:`sparse_iterate`.
+
+    Per galaxy of a chunk (:data:`CHUNK_SIZE`): 6J + 3 stamp-sized real arrays (the dual
+    and wavelet terms, their bounds, the gradient and x̃) and three spectra (what the
+    fidelity carries and its two work arrays).
+    """
+    chunk = min(n_images, CHUNK_SIZE)
+    return chunk * ((6 * n_bands + 3) * n_pixels * itemsize + 3 * spectrum * 2 * itemsize)
+
+
+def reweight_scratch_bytes(n_in_flight: int, n_bands: int, n_pixels: int,
+                           itemsize: int) -> int:
+    """Bytes of the temporaries of :func:`reweight` on ``n_in_flight`` galaxies at once."""
+    return n_in_flight * n_bands * n_pixels * (2 * itemsize + 3 * 8)
+
+
+def lowr_pending_bytes(n_images: int, n_pixels: int, itemsize: int) -> int:
+    """Bytes of the (x̃, ỹ) every block keeps between :func:`lowr_begin` and the finish."""
+    return 2 * n_images * n_pixels * itemsize
+
+
+def lowr_begin_scratch_bytes(n_in_flight: int, n_pixels: int, spectrum: int,
+                             itemsize: int) -> int:
+    """Bytes of the temporaries of :func:`lowr_begin` (a stamp and two spectra a galaxy)."""
+    return n_in_flight * (n_pixels * itemsize + 2 * spectrum * 2 * itemsize)
+
+
+def lowr_finish_scratch_bytes(n_in_flight: int, n_pixels: int, itemsize: int) -> int:
+    """Bytes of the temporaries of :func:`lowr_finish` (the SVT's stamp a galaxy)."""
+    return n_in_flight * n_pixels * itemsize
+

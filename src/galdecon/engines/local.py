@@ -22,6 +22,12 @@ from galdecon.core.threads import blas_single_thread
 
 DEFAULT_BLOCK_SIZE = 64
 
+
+def galaxies_in_flight(n_images: int, threads: int, block_size: int = DEFAULT_BLOCK_SIZE) -> int:
+    """Galaxies whose temporaries are live at once: a block on every thread."""
+    return min(int(n_images), int(threads) * int(block_size))
+
+
 def default_threads() -> int:
     """Cores this process may use."""
     try:

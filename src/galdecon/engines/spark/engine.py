@@ -35,6 +35,7 @@ import numpy as np
 from galdecon.engines.base import Engine, block_bounds, make_block
 from galdecon.engines.spark.cluster import active_session, start_session
 from galdecon.engines.spark.worker import (
+    OPERATOR_CACHE_BYTES,
     ResultsParam,
     gather_partition,
     map_partition,
@@ -57,6 +58,47 @@ STATE_ARRAYS_PER_GALAXY = 8
 DEFAULT_MASTER = "local[*,4]"
 # Keep each gather job's result well under spark.driver.maxResultSize (1 GiB by default).
 GATHER_CHUNK_BYTES = 256 * 2**20
+# In local mode the block cache lives in the driver JVM, whose heap is spark.driver.memory;
+# what does not fit spills to disk.
+DEFAULT_DRIVER_MEMORY = "4g"
+DRIVER_JVM_BYTES = 4 * 2**30
+
+
+def footprint(n_images: int, parts: dict, threads: int,
+              block_size: int = DEFAULT_BLOCK_SIZE) -> dict:
+    """Bytes a Spark run holds outside the driver's Python, from its array groups.
+
+    Parameters
+    ----------
+    n_images : int
+    parts : dict
+        Bytes of the whole stack's ``images``, ``psfs``, ``initial_primal``, ``state``,
+        ``operators`` and (sparse) ``weights`` and ``scratch`` (all threads together).
+    threads : int
+        Python workers.
+    block_size : int
+        Galaxies per tile.
+
+    Returns
+    -------
+    dict
+        ``jvm`` (the pickled blocks, current state and snapshot, up to the JVM heap),
+        ``disk`` (what spills beyond it), ``workers`` (each holds its tile twice —
+        unpickled and its successor — its operator cache and its scratch) and
+        ``scatter`` (the pickled static data a scatter sends).
+    """
+    n = int(n_images)
+    tile = min(n, int(block_size))
+    per_galaxy_state = (parts["state"] + parts.get("weights", 0)) / n
+    per_galaxy_static = (parts["images"] + parts["psfs"] + parts["initial_primal"]) / n
+    cache = 2 * n * (per_galaxy_state + per_galaxy_static)
+    jvm = min(cache, DRIVER_JVM_BYTES)
+    operators_per_tile = parts["operators"] / n * tile
+    workers = threads * (2 * tile * (per_galaxy_state + per_galaxy_static)
+                         + min(OPERATOR_CACHE_BYTES, operators_per_tile * n / threads)
+                         + parts.get("scratch", 0) / threads)
+    return {"jvm": jvm, "disk": cache - jvm, "workers": workers,
+            "scatter": n * per_galaxy_static}
 
 class _State:
     """One generation of the block RDD and its maps since the last lineage cut."""
@@ -118,7 +160,8 @@ class SparkEngine(Engine):
     def __init__(self, master: str | None = None, partitions: int | None = None, spark=None,
                  app_name: str = "galdecon", verbose: bool = False, lineage_every: int = 20,
                  local_dir: str | None = None, block_size: int | None = DEFAULT_BLOCK_SIZE,
-                 ui: bool = False, driver_memory: str = "4g", conf: dict | None = None):
+                 ui: bool = False, driver_memory: str = DEFAULT_DRIVER_MEMORY,
+                 conf: dict | None = None):
         master = master or DEFAULT_MASTER
         self.partitions = int(partitions) if partitions else None
         self.lineage_every = int(lineage_every or 0)
