@@ -5,8 +5,6 @@ import pytest
 from scipy import signal
 
 from galdecon.core.noise import noise_sigma
-from galdecon.engines import LocalEngine
-from galdecon.errors import ConfigError
 from galdecon.core.operators.convolution import Convolution
 from galdecon.core.operators.wavelet import Wavelet, atrous_filters
 from galdecon.core.problem import (
@@ -18,6 +16,8 @@ from galdecon.core.problem import (
     step_sizes,
     wavelet_norm_sq,
 )
+from galdecon.engines import LocalEngine
+from galdecon.errors import ConfigError
 
 # ALGORITHM.md §9
 SIGMA = 3.11699e-4

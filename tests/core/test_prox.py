@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from galdecon.core.lowrank import low_rank_factors, nuclear_norm
-from galdecon.engines import LocalEngine
 from galdecon.core.operators.prox import (
     apply_svt,
     gram,
@@ -21,6 +20,7 @@ from galdecon.core.operators.prox import (
     svt_projector,
     threshold_singular_values,
 )
+from galdecon.engines import LocalEngine
 
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}

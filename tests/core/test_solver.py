@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from galdecon.run.driver import init_block
 from galdecon.core.operators.convolution import Convolution
 from galdecon.core.operators.prox import svt
 from galdecon.core.operators.wavelet import atrous_filters
@@ -18,6 +17,7 @@ from galdecon.core.solver import (
     reweight,
     sparse_iterate,
 )
+from galdecon.run.driver import init_block
 
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}

@@ -17,13 +17,13 @@ from functools import partial
 import numpy as np
 import pytest
 
-from galdecon.run.driver import _sparse_task
-from galdecon.engines.local import LocalEngine
-from galdecon.errors import EngineError
 from galdecon.core.lowrank import low_rank_factors, nuclear_norm
 from galdecon.core.noise import noise_sigma
 from galdecon.core.problem import Settings, mad_sigma
 from galdecon.core.solver import operators, sparse_iterate
+from galdecon.engines.local import LocalEngine
+from galdecon.errors import EngineError
+from galdecon.run.driver import _sparse_task
 from spark_fixtures import (
     EXAMPLE_DIR,
     CountCalls,

@@ -17,10 +17,10 @@ import numpy as np
 import scipy.fft as sfft
 import scipy.linalg
 
-from galdecon.errors import ConfigError
 from galdecon.core.operators.convolution import BOUNDARIES, kernel_to_grid, rfft_weights
 from galdecon.core.operators.prox import THRESHOLD_TYPES
 from galdecon.core.operators.wavelet import WAVELETS, Wavelet, atrous_filters
+from galdecon.errors import ConfigError
 
 MODES = ("sparse", "lowr")
 DTYPES = ("float64", "float32")

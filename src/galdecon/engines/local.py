@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from galdecon.engines.base import Engine, block_bounds, make_block
-from galdecon.errors import Cancelled
 from galdecon.core.solver import Block
 from galdecon.core.threads import blas_single_thread
+from galdecon.engines.base import Engine, block_bounds, make_block
+from galdecon.errors import Cancelled
 
 DEFAULT_BLOCK_SIZE = 64
 

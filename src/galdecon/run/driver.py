@@ -16,8 +16,6 @@ from functools import partial
 
 import numpy as np
 
-from galdecon.engines.base import Engine
-from galdecon.errors import ConfigError
 from galdecon.core import lowrank
 from galdecon.core.noise import noise_sigma
 from galdecon.core.operators.convolution import Convolution
@@ -30,6 +28,8 @@ from galdecon.core.solver import (
     reweight,
     sparse_iterate,
 )
+from galdecon.engines.base import Engine
+from galdecon.errors import ConfigError
 
 log = logging.getLogger("galdecon")
 
