@@ -46,10 +46,10 @@ import tracemalloc
 
 import numpy as np
 
-from galdecon.run.driver import Driver
-from galdecon.engines import LocalEngine
 from galdecon.core.operators import Convolution
 from galdecon.core.problem import Settings
+from galdecon.engines import LocalEngine
+from galdecon.run.driver import Driver
 
 SHAPE = (41, 41)
 MiB = 2.0**20

@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 import galdecon
-from galdecon.science import baselines
 from galdecon.data import io
+from galdecon.science import baselines
 from galdecon.science.dataset import snr_label
 from galdecon.science.evaluate import adaptive_shapes, evaluate, write_csv
 

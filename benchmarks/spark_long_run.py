@@ -20,9 +20,9 @@ import time
 import numpy as np
 import psutil
 
-from galdecon.run.driver import Driver
-from galdecon.engines.spark.engine import SparkEngine
 from galdecon.core.problem import Settings
+from galdecon.engines.spark.engine import SparkEngine
+from galdecon.run.driver import Driver
 from spark_overhead import make_stack
 
 

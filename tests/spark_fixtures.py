@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from galdecon.run.driver import Driver
-from galdecon.engines.local import LocalEngine
 from galdecon.core.problem import Settings
+from galdecon.engines.local import LocalEngine
+from galdecon.run.driver import Driver
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "sf_deconvolve_example"
 

@@ -4,9 +4,9 @@ import doctest
 
 import pytest
 
+import galdecon.core.operators.wavelet
 import galdecon.run.api
 import galdecon.science.metrics
-import galdecon.core.operators.wavelet
 
 
 @pytest.mark.parametrize("module", [galdecon.run.api, galdecon.science.metrics, galdecon.core.operators.wavelet])

@@ -5,9 +5,7 @@ primal–dual algorithm, on one machine or on an Apache Spark cluster, with iden
 results.
 """
 
-from galdecon.version import __version__  # noqa: E402
-
-from galdecon.run.api import Result, deconvolve  # noqa: E402
+from galdecon.core.problem import Settings  # noqa: E402
 from galdecon.errors import (  # noqa: E402
     ConfigError,
     EngineError,
@@ -17,7 +15,8 @@ from galdecon.errors import (  # noqa: E402
     OutputError,
     RunInterrupted,
 )
-from galdecon.core.problem import Settings  # noqa: E402
+from galdecon.run.api import Result, deconvolve  # noqa: E402
+from galdecon.version import __version__  # noqa: E402
 
 __all__ = [
     "ConfigError",

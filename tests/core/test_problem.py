@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from galdecon.engines import LocalEngine
-from galdecon.errors import ConfigError
+from galdecon.core.noise import noise_sigma
 from galdecon.core.operators.convolution import Convolution
 from galdecon.core.operators.wavelet import Wavelet, atrous_filters
 from galdecon.core.problem import (
@@ -17,6 +16,8 @@ from galdecon.core.problem import (
     step_sizes,
     wavelet_norm_sq,
 )
+from galdecon.engines import LocalEngine
+from galdecon.errors import ConfigError
 
 # ALGORITHM.md §9
 SIGMA = 3.11699e-4
@@ -169,7 +170,7 @@ def example_setup(example_images, example_psfs):
     """σ and β of the example, as the driver's reductions compute them."""
     with LocalEngine() as engine:
         engine.scatter({"images": example_images, "psfs": example_psfs}, 100)
-        sigma = engine.noise_sigma()
+        sigma = noise_sigma(engine)
     beta = Convolution(example_psfs, (41, 41), "periodic").beta()
     return sigma, beta
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from galdecon.engines import LocalEngine
+from galdecon.core.lowrank import low_rank_factors, nuclear_norm
 from galdecon.core.operators.prox import (
     apply_svt,
     gram,
@@ -20,6 +20,7 @@ from galdecon.core.operators.prox import (
     svt_projector,
     threshold_singular_values,
 )
+from galdecon.engines import LocalEngine
 
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -186,8 +187,9 @@ def engine_factors(stack, threshold, kind, n_blocks):
     with LocalEngine(threads=1, n_blocks=n_blocks) as engine:
         engine.scatter({"images": stack, "psfs": np.ones((1, 1))}, stack.shape[0])
         assert len(engine.blocks) == min(n_blocks, stack.shape[0])
-        basis, scale = engine.low_rank_factors(lambda b: b.images, threshold, kind)
-        nuclear = engine.nuclear_norm(lambda b: b.images)
+        size = (stack.shape[0], stack.shape[1] * stack.shape[2])
+        basis, scale = low_rank_factors(engine, lambda b: b.images, *size, threshold, kind)
+        nuclear = nuclear_norm(engine, lambda b: b.images, *size)
     return basis, scale, nuclear
 
 

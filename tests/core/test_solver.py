@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from galdecon.run.driver import init_block
 from galdecon.core.operators.convolution import Convolution
 from galdecon.core.operators.prox import svt
 from galdecon.core.operators.wavelet import atrous_filters
@@ -12,11 +11,13 @@ from galdecon.core.problem import Settings, make_problem
 from galdecon.core.solver import (
     Block,
     ConvergenceTest,
+    OperatorCache,
     lowr_begin,
     lowr_finish,
     reweight,
     sparse_iterate,
 )
+from galdecon.run.driver import init_block
 
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -339,6 +340,27 @@ def test_block_pickles_without_cached_operators(small_stack):
     again, _ = sparse_iterate(clone, problem, 2)
     reference, _ = sparse_iterate(stepped, problem, 2)
     np.testing.assert_array_equal(again.primal, reference.primal)
+
+
+def test_operator_cache_gives_a_copy_its_operators_back_only_for_equal_data(small_stack):
+    import pickle
+
+    images, psfs = small_stack
+    block, problem = make_block(images, psfs, Settings(wavelet="linear"))
+    stepped, _ = sparse_iterate(block, problem, 2)
+    cache = OperatorCache(1 << 30)
+    cache.remember(stepped, "key")
+    clone = pickle.loads(pickle.dumps(stepped))
+    cache.reuse(clone, "key")
+    again, _ = sparse_iterate(clone, problem, 2)
+    assert again._ops["conv"] is stepped._ops["conv"]
+    other = pickle.loads(pickle.dumps(stepped.evolve(images=stepped.images + 1)))
+    cache.reuse(other, "key")  # other images: the operators would be stale
+    assert other._ops == {}
+    tiny = OperatorCache(1)
+    tiny.remember(stepped, "a")
+    tiny.remember(again, "b")
+    assert len(tiny) == 1  # the oldest is evicted beyond the bound
 
 
 # --------------------------------------------------------------------------------------

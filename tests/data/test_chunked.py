@@ -13,9 +13,8 @@ import pytest
 
 pytest.importorskip("zarr")
 
-from galdecon.data import chunked, io
-
 from galdecon.cli import app as cli  # noqa: E402
+from galdecon.data import chunked, io
 from galdecon.data.streaming import NpyReader  # noqa: E402
 from galdecon.errors import ConfigError, EngineError, InputError, OutputError  # noqa: E402
 

@@ -31,10 +31,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import galdecon
-from galdecon.data import files as input_files, io, memory
-from galdecon.run.api import prepare_inputs
 from galdecon.cli.app import build_parser, main
+from galdecon.data import files as input_files
+from galdecon.data import io, memory
+from galdecon.engines.spark import engine as spark_engine
 from galdecon.errors import ConfigError, GalDeconError, GalDeconWarning, InputError, OutputError
+from galdecon.run import preflight
+from galdecon.run.api import prepare_inputs
 
 RNG = np.random.default_rng(20170828)
 IMAGES = RNG.random((4, 9, 9))
@@ -736,10 +739,10 @@ def test_huge_consistent_npy_is_refused_by_the_memory_check(tmp_path, caplog):
     assert os.stat(path).st_blocks * 512 < 1 << 20
     shape, dtype = io.peek_shape(path)
     assert shape == (n, 41, 41) and dtype == np.float64
-    estimate = memory.estimate_bytes(shape[0], shape[1:], (41, 41), False, "sparse", 3, dtype)
+    estimate = preflight.estimate_bytes(shape[0], shape[1:], (41, 41), False, "sparse", 3, dtype)
     assert estimate["description"] == "a run on 100,000,000 stamps 41×41 (sparse, float64)"
     with pytest.raises(ConfigError) as info:
-        memory.check_memory(estimate, force=False, what=estimate["description"],
+        preflight.check_memory(estimate, force=False, what=estimate["description"],
                             available=21 * 2**30)
     assert str(info.value) == ("a run on 100,000,000 stamps 41×41 (sparse, float64) needs about "
                                f"{memory.format_bytes(estimate['peak'])}; this machine has "
@@ -747,9 +750,9 @@ def test_huge_consistent_npy_is_refused_by_the_memory_check(tmp_path, caplog):
     assert memory.format_bytes(estimate["peak"]).endswith("TiB")
     with pytest.raises(ConfigError, match=r"needs about [\d.]+ TiB; this machine has [\d.]+ "
                                           r"[GMT]iB available; pass --force"):
-        memory.check_memory(estimate, force=False, what=estimate["description"])
+        preflight.check_memory(estimate, force=False, what=estimate["description"])
     with caplog.at_level("WARNING", logger="galdecon"):
-        memory.check_memory(estimate, force=True, what="this run", available=21 * 2**30)
+        preflight.check_memory(estimate, force=True, what="this run", available=21 * 2**30)
     assert "this run needs about" in caplog.text and "running anyway (--force)" in caplog.text
     start = time.perf_counter()
     with pytest.raises(ConfigError, match=r"huge\.npy: reading its 100000000×41×41 float64 array "
@@ -769,23 +772,23 @@ def test_check_inputs_estimates_from_headers(tmp_path, caplog):
     with pytest.raises(ConfigError, match=r"^a run on 100,000,000 stamps 41×41 \(lowr, "
                                           r"float32\) needs about [\d.]+ TiB; this machine has "
                                           r".* available; pass --force to run anyway$"):
-        memory.check_inputs(huge, psf, settings)
+        preflight.check_inputs(huge, psf, settings)
     with caplog.at_level("WARNING", logger="galdecon"):
-        est = memory.check_inputs(huge, psf, settings, force=True, threads=2)
+        est = preflight.check_inputs(huge, psf, settings, force=True, threads=2)
     assert "running anyway (--force)" in caplog.text
     assert est["shared_psf"] and est["mode"] == "lowr" and est["dtype"] == "float32"
     assert est["parts"]["images"] == n * 41 * 41 * 4 and est["parts"]["psfs"] == 41 * 41 * 4
     np.save(tmp_path / "img.npy", IMAGES)
     np.save(tmp_path / "psf.npy", PSFS)
-    small = memory.check_inputs(tmp_path / "img.npy", tmp_path / "psf.npy", galdecon.Settings(),
+    small = preflight.check_inputs(tmp_path / "img.npy", tmp_path / "psf.npy", galdecon.Settings(),
                                 truth=tmp_path / "img.npy")
     assert small["n_images"] == 4 and small["parts"]["truth"] == IMAGES.nbytes
     np.save(tmp_path / "flat.npy", np.ones(5))
-    assert memory.check_inputs(tmp_path / "flat.npy", tmp_path / "psf.npy",
+    assert preflight.check_inputs(tmp_path / "flat.npy", tmp_path / "psf.npy",
                                galdecon.Settings()) is None  # the validation says why later
     (tmp_path / "cut.npy").write_bytes(npy_bytes(IMAGES)[:-10])
     with pytest.raises(InputError, match=r"cut\.npy: truncated"):
-        memory.check_inputs(tmp_path / "cut.npy", tmp_path / "psf.npy", galdecon.Settings())
+        preflight.check_inputs(tmp_path / "cut.npy", tmp_path / "psf.npy", galdecon.Settings())
 
 
 def test_huge_consistent_fits_is_refused_before_reading(tmp_path):
@@ -802,15 +805,16 @@ def test_huge_consistent_fits_is_refused_before_reading(tmp_path):
         _ = io.check_size_limit(path, (n, 41, 41), np.dtype("f8"), 2**30)
 
 
-def test_memory_docstring_examples():
-    result = doctest.testmod(memory)
+@pytest.mark.parametrize("module", [memory, preflight])
+def test_memory_docstring_examples(module):
+    result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
 
 
 def test_estimate_counts_the_arrays_of_a_run():
     n, shape = 10, (8, 8)
     p = 64
-    est = memory.estimate_bytes(n, shape, (5, 5), False, "sparse", 3, "float64", threads=1,
+    est = preflight.estimate_bytes(n, shape, (5, 5), False, "sparse", 3, "float64", threads=1,
                                 noise_given=True)
     assert est["parts"]["state"] == n * p * 8 + n * 3 * p * 8  # primal + dual
     assert est["parts"]["weights"] == n * 3 * p * 8  # full-size after reweighting
@@ -819,19 +823,19 @@ def test_estimate_counts_the_arrays_of_a_run():
     assert est["parts"]["operators"] == n * 2 * spectrum * 16 + n * spectrum * (16 + 24)
     assert est["peak"] == math.ceil(est["counted"] * 1.2)
     assert est["counted"] == max(est["phases"].values())
-    no_reweight = memory.estimate_bytes(n, shape, (5, 5), False, "sparse", 3, "float64",
+    no_reweight = preflight.estimate_bytes(n, shape, (5, 5), False, "sparse", 3, "float64",
                                         threads=1, noise_given=True, n_reweights=0)
     assert no_reweight["parts"]["weights"] == n * 3 * 8
-    lowr = memory.estimate_bytes(n, shape, (5, 5), False, "lowr", 3, "float64", threads=1)
+    lowr = preflight.estimate_bytes(n, shape, (5, 5), False, "lowr", 3, "float64", threads=1)
     assert lowr["parts"]["state"] == 2 * n * p * 8
     assert lowr["parts"]["low_rank_matrix"] == n * p * 8 + 2 * n * n * 8  # n < p: rows form
-    many = memory.estimate_bytes(100, shape, (5, 5), False, "lowr", 3, "float64", threads=1)
+    many = preflight.estimate_bytes(100, shape, (5, 5), False, "lowr", 3, "float64", threads=1)
     assert many["parts"]["low_rank_matrix"] == 100 * p * 8 + 2 * p * p * 8  # p × p Gram
-    f32 = memory.estimate_bytes(n, shape, (5, 5), True, "sparse", 3, "float32", threads=1)
+    f32 = preflight.estimate_bytes(n, shape, (5, 5), True, "sparse", 3, "float32", threads=1)
     assert f32["parts"]["state"] == est["parts"]["state"] // 2 and f32["parts"]["psfs"] == 100
-    spark = memory.estimate_bytes(10**6, (41, 41), (41, 41), False, "sparse", 3, "float64",
+    spark = preflight.estimate_bytes(10**6, (41, 41), (41, 41), False, "sparse", 3, "float64",
                                   engine="spark", threads=2)
-    assert spark["disk"] > 0 and spark["parts"]["spark_jvm_cache"] == memory.SPARK_JVM_BYTES
+    assert spark["disk"] > 0 and spark["parts"]["spark_jvm_cache"] == spark_engine.DRIVER_JVM_BYTES
     assert spark["description"].endswith("(sparse, float64, Spark)")
 
 
@@ -847,7 +851,7 @@ def test_estimate_rejects_bad_arguments(kwargs, expected):
     args = dict(n_images=10, stamp_shape=(8, 8), psf_shape=(5, 5), shared_psf=False,
                 mode="sparse", n_bands=3, dtype="float64") | kwargs
     with pytest.raises(ConfigError, match=expected):
-        memory.estimate_bytes(**args)
+        preflight.estimate_bytes(**args)
 
 
 @pytest.mark.parametrize("options", [dict(mode="sparse", n_reweights=1),
@@ -863,7 +867,7 @@ def test_estimate_matches_what_a_run_allocates(options):
         measured = tracemalloc.get_traced_memory()[1] + images.nbytes + psfs.nbytes
     finally:
         tracemalloc.stop()
-    est = memory.estimate_bytes(n, shape, (41, 41), False, options["mode"], 3,
+    est = preflight.estimate_bytes(n, shape, (41, 41), False, options["mode"], 3,
                                 options.get("dtype", "float64"), threads=2,
                                 n_reweights=options.get("n_reweights", 0),
                                 input_dtype=images.dtype, psf_dtype=psfs.dtype)
@@ -874,14 +878,14 @@ def test_estimate_matches_what_a_run_allocates(options):
 def test_check_memory_message_and_available_bytes(monkeypatch):
     estimate = {"peak": int(54.3 * 2**30), "description": "a run"}
     with pytest.raises(ConfigError) as info:
-        memory.check_memory(estimate, False, "a run on 1,000,000 stamps 41×41 (sparse, float64)",
+        preflight.check_memory(estimate, False, "a run on 1,000,000 stamps 41×41 (sparse, float64)",
                             available=21 * 2**30)
     assert str(info.value) == ("a run on 1,000,000 stamps 41×41 (sparse, float64) needs about "
                                "54.3 GiB; this machine has 21.0 GiB available; pass --force to "
                                "run anyway")
-    assert memory.check_memory(estimate, False, None, available=55 * 2**30) is None
+    assert preflight.check_memory(estimate, False, None, available=55 * 2**30) is None
     with pytest.raises(ConfigError, match="^a run needs about 54.3 GiB"):
-        memory.check_memory(estimate, False, None, available=1)
+        preflight.check_memory(estimate, False, None, available=1)
     psutil = pytest.importorskip("psutil")
     total = psutil.virtual_memory().total
     with_psutil = memory.available_bytes()

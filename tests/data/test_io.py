@@ -10,8 +10,8 @@ import pytest
 from astropy.io import fits
 
 import galdecon
-from galdecon.data import io
 from galdecon.cli.app import main
+from galdecon.data import io
 from galdecon.errors import ConfigError, GalDeconWarning, InputError, OutputError
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "sf_deconvolve_example"

@@ -9,8 +9,13 @@ import pytest
 import galdecon
 from galdecon.data import chunked
 from galdecon.data.sources import StoreStack
-from galdecon.data.validate import (PsfSummary, combine_psf_summaries, psf_summary,
-                                    validate_psfs, warn_psfs)
+from galdecon.data.validate import (
+    PsfSummary,
+    combine_psf_summaries,
+    psf_summary,
+    validate_psfs,
+    warn_psfs,
+)
 from galdecon.errors import GalDeconWarning, InputError
 
 pytest.importorskip("zarr")

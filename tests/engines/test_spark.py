@@ -17,11 +17,13 @@ from functools import partial
 import numpy as np
 import pytest
 
-from galdecon.run.driver import _sparse_task
-from galdecon.engines.local import LocalEngine
-from galdecon.errors import EngineError
+from galdecon.core.lowrank import low_rank_factors, nuclear_norm
+from galdecon.core.noise import noise_sigma
 from galdecon.core.problem import Settings, mad_sigma
 from galdecon.core.solver import operators, sparse_iterate
+from galdecon.engines.local import LocalEngine
+from galdecon.errors import EngineError
+from galdecon.run.driver import _sparse_task
 from spark_fixtures import (
     EXAMPLE_DIR,
     CountCalls,
@@ -82,7 +84,7 @@ def test_block_pickle_round_trip_drops_operators_only(example):
 
 
 def test_order_keys_sort_like_floats():
-    from galdecon.engines.spark.engine import key_values, order_keys
+    from galdecon.core.noise import key_values, order_keys
 
     rng = np.random.default_rng(1)
     values = np.concatenate([rng.normal(0, 1e3, 500), rng.normal(0, 1e-300, 20),
@@ -143,17 +145,17 @@ def test_noise_sigma_is_exact_on_the_example(spark_session, example, partitions)
     images, psfs = example
     engine = spark_engine(spark_session, partitions=partitions)
     engine.scatter({"images": images, "psfs": psfs, "primal": None}, len(images))
-    assert engine.noise_sigma() == mad_sigma(images)
-    assert engine.noise_sigma() == pytest.approx(3.11699e-4, rel=1e-5)  # ALGORITHM.md §9
+    assert noise_sigma(engine) == mad_sigma(images)
+    assert noise_sigma(engine) == pytest.approx(3.11699e-4, rel=1e-5)  # ALGORITHM.md §9
 
 
 @pytest.mark.parametrize("collect_limit", [0, 40, 1 << 20])
 @pytest.mark.parametrize("shape", [(13, 5, 5), (12, 5, 5)])  # odd and even pixel counts
 def test_noise_sigma_is_exact_with_ties(spark_session, monkeypatch, shape, collect_limit):
-    from galdecon.engines.spark import engine as spark_module
+    from galdecon.core import noise as noise_module
 
     # A small collect limit forces every histogram level (0: all four) to be used.
-    monkeypatch.setattr(spark_module, "COLLECT_LIMIT", collect_limit)
+    monkeypatch.setattr(noise_module, "COLLECT_LIMIT", collect_limit)
     rng = np.random.default_rng(7)
     images = rng.integers(-3, 6, size=shape) * 0.25  # a few distinct values, zeros
     images[0, 0, :3] = [-0.0, 1e-300, -7.5]
@@ -162,11 +164,11 @@ def test_noise_sigma_is_exact_with_ties(spark_session, monkeypatch, shape, colle
     engine.scatter({"images": images, "psfs": psfs, "primal": None}, len(images))
     expected = mad_sigma(images)
     assert expected > 0
-    assert engine.noise_sigma() == expected
+    assert noise_sigma(engine) == expected
     # A continuous case where the two middle values differ (even count).
     images = rng.normal(size=shape)
     engine.scatter({"images": images, "psfs": psfs, "primal": None}, len(images))
-    assert engine.noise_sigma() == mad_sigma(images)
+    assert noise_sigma(engine) == mad_sigma(images)
 
 
 def test_gram_path_matches_local(spark_session):
@@ -182,12 +184,13 @@ def test_gram_path_matches_local(spark_session):
     def getter(block):
         return block.images
 
-    assert spark.nuclear_norm(getter) == pytest.approx(local.nuclear_norm(getter), rel=1e-12)
+    assert nuclear_norm(spark, getter, 90, 25) == pytest.approx(
+        nuclear_norm(local, getter, 90, 25), rel=1e-12)
     values = np.linalg.svd(images.reshape(90, -1), compute_uv=False)
     threshold = 0.5 * (values[3] + values[4])  # keeps exactly four components
     projectors = []
     for engine in (spark, local):
-        basis, scale = engine.low_rank_factors(getter, threshold, "hard")
+        basis, scale = low_rank_factors(engine, getter, 90, 25, threshold, "hard")
         assert basis.shape == (25, 4)
         projectors.append((basis * scale) @ basis.T)
     np.testing.assert_allclose(projectors[0], projectors[1], rtol=0, atol=1e-12)

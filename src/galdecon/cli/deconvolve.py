@@ -31,8 +31,9 @@ from galdecon.cli.options import (
 from galdecon.core.operators.convolution import BOUNDARIES
 from galdecon.core.operators.wavelet import WAVELETS
 from galdecon.core.problem import DTYPES, MODES, Settings
-from galdecon.data import io, memory
+from galdecon.data import io
 from galdecon.errors import ConfigError, OutputError
+from galdecon.run import preflight
 
 DEFAULTS = Settings()
 OUTPUT_FORMATS = (*io.OUTPUT_FORMATS, "zarr")
@@ -333,9 +334,9 @@ def check_files(args) -> RunFiles:
                           "stores too; -c/--clean-data is not supported with stores "
                           "(galdecon convert STEM.zarr[primal] to .npy, then galdecon evaluate)")
     if not stored:  # from the headers alone, before anything is read
-        memory.check_inputs(args.input, args.psf, settings, force=args.force,
-                            initial_primal=args.current_res, truth=args.clean_data,
-                            engine=args.engine, threads=args.threads)
+        preflight.check_inputs(args.input, args.psf, settings, force=args.force,
+                               initial_primal=args.current_res, truth=args.clean_data,
+                               engine=args.engine, threads=args.threads)
     return RunFiles(settings, stored, fmt, paths, ckpt_dir)
 
 

@@ -17,10 +17,10 @@ import numpy as np
 import scipy.fft as sfft
 import scipy.linalg
 
-from galdecon.errors import ConfigError
 from galdecon.core.operators.convolution import BOUNDARIES, kernel_to_grid, rfft_weights
 from galdecon.core.operators.prox import THRESHOLD_TYPES
 from galdecon.core.operators.wavelet import WAVELETS, Wavelet, atrous_filters
+from galdecon.errors import ConfigError
 
 MODES = ("sparse", "lowr")
 DTYPES = ("float64", "float32")
@@ -296,3 +296,13 @@ def sparse_weights(psfs: np.ndarray, shape, settings: Settings, noise_sigma: flo
     norms_sq = np.tensordot(power, rfft_weights(grid[1]), axes=([3], [0])).sum(axis=2)
     norms = np.sqrt(norms_sq / (grid[0] * grid[1]))
     return noise_sigma * np.asarray(settings.wave_thresh_factor)[None, :] * norms
+
+
+def setup_scratch_bytes(n_in_flight: int, n_pixels: int, spectrum: int, n_bands: int) -> int:
+    """Bytes of the set-up's temporaries on ``n_in_flight`` galaxies at once.
+
+    β (the PSFs' spectral norms: four float64 spectra a galaxy), two float64 stamps, and
+    the initial :func:`sparse_weights` (J + 1 spectra a galaxy; ``n_bands`` 0 in low rank).
+    """
+    return n_in_flight * (4 * spectrum * 8 + 2 * n_pixels * 8 + (n_bands + 1) * spectrum * 8)
+

@@ -23,18 +23,16 @@ megabyte-sized temporary costs about as much in page faults as the arithmetic do
 
 from __future__ import annotations
 
-import copy
-import math
-import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import scipy.fft as sfft
-from scipy.linalg import blas
 
-from galdecon.core.operators.convolution import Convolution, DenseRFFT2, rfft_weights
+from galdecon.core.fidelity import FourierFidelity, PixelFidelity
+from galdecon.core.operators.convolution import Convolution
 from galdecon.core.operators.prox import apply_svt
 from galdecon.core.problem import Problem
+from galdecon.core.scratch import add_scaled, scratch
 
 
 @dataclass
@@ -96,201 +94,6 @@ class Block:
 #: galaxy with scratch) stays in the last-level cache.
 CHUNK_SIZE = 32
 
-#: Largest stamp side for which the DFT is done as dense matrix products (above it the
-#: FFT's n log n wins and scipy.fft is used).
-DENSE_DFT_MAX = 48
-
-_scratch = threading.local()
-
-
-def scratch(name: str, shape, dtype) -> np.ndarray:
-    """Return this thread's reusable array ``name`` with the given shape and dtype.
-
-    The buffer only grows; callers get a C-contiguous prefix view. Contents are undefined.
-    Each name is one role, so no two live arrays of one iteration share memory.
-    """
-    arrays = getattr(_scratch, "arrays", None)
-    if arrays is None:
-        arrays = _scratch.arrays = {}
-    dtype = np.dtype(dtype)
-    size = math.prod(shape)
-    buffer = arrays.get(name)
-    if buffer is None or buffer.dtype != dtype or buffer.size < size:
-        buffer = arrays[name] = np.empty(size, dtype=dtype)
-    return buffer[:size].reshape(shape)
-
-
-def _add_scaled(target: np.ndarray, values: np.ndarray, scale: float) -> None:
-    """``target += scale * values`` in one pass (BLAS axpy); both C-contiguous, one dtype."""
-    flat = target.reshape(-1)
-    if flat.dtype.kind == "c":
-        flat, values = flat.view(flat.real.dtype), values.view(flat.real.dtype)
-    axpy = blas.daxpy if flat.dtype == np.float64 else blas.saxpy
-    out = axpy(values.reshape(-1), flat, a=scale)
-    if out is not flat:  # pragma: no cover - f2py copies only non-contiguous input
-        np.copyto(flat, out)
-
-
-def _rows(array: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Rows ``lo:hi`` of a per-galaxy array; a shared (leading length 1) array as it is."""
-    return array if array.shape[0] == 1 else array[lo:hi]
-
-
-class _SciPyRFFT2:
-    """scipy.fft with the :class:`DenseRFFT2` interface (for stamps too large for it)."""
-
-    def __init__(self, shape):
-        self.shape = tuple(shape)
-
-    def forward(self, x, out=None, work=None):
-        spec = sfft.rfft2(x)
-        if out is None:
-            return spec
-        np.copyto(out, spec)
-        return out
-
-    def inverse(self, spec, out=None, work=None):
-        image = sfft.irfft2(spec, s=self.shape)
-        if out is None:
-            return image
-        np.copyto(out, image)
-        return out
-
-
-def _real_dft(shape, dtype):
-    if max(shape) <= DENSE_DFT_MAX:
-        return DenseRFFT2(shape, dtype)
-    return _SciPyRFFT2(shape)
-
-
-class FourierFidelity:
-    """½‖Y − HX‖² with the periodic boundary, carried as the spectrum of X."""
-
-    def __init__(self, conv: Convolution, images: np.ndarray):
-        self.shape = conv.shape
-        self.dtype = np.dtype(images.dtype)
-        self.transfer = conv.transfer
-        self.image_spec = sfft.rfft2(images)
-        self.gain = (conv.transfer * conv.transfer.conj()).real.astype(images.dtype)
-        self.hty_spec = conv.transfer.conj() * self.image_spec
-        self.parseval = rfft_weights(self.shape[1]) / (self.shape[0] * self.shape[1])
-        self.dft = _real_dft(self.shape, self.dtype)
-        # Real (re, im)-interleaved forms for the in-place sparse loop.
-        self._gain_pairs = np.repeat(self.gain, 2, axis=-1)
-        self._parseval_pairs = np.repeat(self.parseval, 2).astype(self.dtype)
-
-    def start(self, x):
-        return self.dft.forward(np.ascontiguousarray(x, dtype=self.dtype))
-
-    def gradient(self, spec):
-        grad = self.gain * spec
-        grad -= self.hty_spec
-        return self.dft.inverse(grad)
-
-    def advance(self, spec, x_tilde, rho):
-        new = self.start(x_tilde)
-        new -= spec
-        new *= rho
-        new += spec
-        return new
-
-    def cost(self, spec) -> float:
-        resid = self.image_spec - self.transfer * spec
-        power = resid.real.astype(np.float64) ** 2 + resid.imag.astype(np.float64) ** 2
-        return 0.5 * float(np.tensordot(power, self.parseval, axes=([-1], [0])).sum())
-
-    # -- allocation-free forms on a chunk (used by sparse_iterate) ----------------------
-    def part(self, lo: int, hi: int) -> FourierFidelity:
-        """The same fidelity restricted to galaxies ``lo:hi`` (views, no copies)."""
-        other = copy.copy(self)
-        for name in ("transfer", "image_spec", "gain", "hty_spec", "_gain_pairs"):
-            setattr(other, name, _rows(getattr(self, name), lo, hi))
-        return other
-
-    def carried_like(self, x):
-        """A scratch array for what is carried for stamps ``x``: their spectra."""
-        return scratch("fidelity.carried", (x.shape[0], self.shape[0], self.shape[1] // 2 + 1),
-                       self.image_spec.dtype)
-
-    # Two spectrum-sized scratch arrays serve every step: "a" holds the gradient's and the
-    # cost's spectrum, then the forward transform's first stage; "b" the inverse
-    # transform's first stage, then the fresh spectrum.
-    def _forward(self, x, out):
-        work = scratch("fidelity.spectrum_a", out.shape, out.dtype).view(self.dtype)
-        return self.dft.forward(x, out, work)
-
-    def start_into(self, x, carried) -> None:
-        self._forward(x, carried)
-
-    def gradient_into(self, spec, out) -> None:
-        grad = scratch("fidelity.spectrum_a", spec.shape, spec.dtype)
-        pairs = grad.view(self.dtype)
-        np.multiply(spec.view(self.dtype), self._gain_pairs, out=pairs)
-        pairs -= self.hty_spec.view(self.dtype)
-        self.dft.inverse(grad, out, scratch("fidelity.spectrum_b", spec.shape, spec.dtype))
-
-    def advance_into(self, spec, x_tilde, rho) -> None:
-        fresh = self._forward(x_tilde, scratch("fidelity.spectrum_b", spec.shape, spec.dtype))
-        fresh -= spec
-        _add_scaled(spec, fresh, rho)
-
-    def cost_of(self, spec) -> float:
-        resid = scratch("fidelity.spectrum_a", spec.shape, spec.dtype)
-        np.multiply(self.transfer, spec, out=resid)
-        resid -= self.image_spec
-        power = resid.view(self.dtype)
-        power *= power
-        rows = power.reshape(-1, power.shape[-1]) @ self._parseval_pairs
-        return 0.5 * float(np.sum(rows, dtype=np.float64))
-
-
-class PixelFidelity:
-    """½‖Y − HX‖² for any boundary, carried as the residual HX − Y."""
-
-    def __init__(self, conv: Convolution, images: np.ndarray):
-        self.conv = conv
-        self.images = images
-
-    def start(self, x):
-        return self.conv.op(x) - self.images
-
-    def gradient(self, resid):
-        return self.conv.adj(resid)
-
-    def advance(self, resid, x_tilde, rho):
-        new = self.start(x_tilde)
-        new -= resid
-        new *= rho
-        new += resid
-        return new
-
-    def cost(self, resid) -> float:
-        return 0.5 * float(np.sum(resid.astype(np.float64) ** 2))
-
-    # -- the chunk forms used by sparse_iterate ------------------------------------------
-    def part(self, lo: int, hi: int) -> PixelFidelity:
-        """The same fidelity restricted to galaxies ``lo:hi``."""
-        conv = copy.copy(self.conv)
-        conv.transfer = _rows(self.conv.transfer, lo, hi)
-        return PixelFidelity(conv, self.images[lo:hi])
-
-    def carried_like(self, x):
-        """A scratch array for what is carried for stamps ``x``: their residuals."""
-        return scratch("fidelity.carried", x.shape, x.dtype)
-
-    def start_into(self, x, carried) -> None:
-        np.copyto(carried, self.start(x))
-
-    def gradient_into(self, resid, out) -> None:
-        np.copyto(out, self.gradient(resid))
-
-    def advance_into(self, resid, x_tilde, rho) -> None:
-        np.copyto(resid, self.advance(resid, x_tilde, rho))
-
-    def cost_of(self, resid) -> float:
-        return self.cost(resid)
-
-
 def operators(block: Block, problem: Problem) -> dict:
     """Return (and cache on the block) the operators derived from its data."""
     s = problem.settings
@@ -303,6 +106,59 @@ def operators(block: Block, problem: Problem) -> dict:
             conv, block.images)
         ops.update(key=key, conv=conv, fidelity=fidelity, wavelet=problem.wavelet())
     return ops
+
+
+def _same_data(a, b) -> bool:
+    return a is b or (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+                      and a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b))
+
+
+class OperatorCache:
+    """Operators built from blocks' static data, kept across copies of the blocks (LRU).
+
+    A block pickles without its derived operators (PSF transfer functions, image spectra,
+    wavelet matrices), and rebuilding them costs about a fifth of an iteration. A process
+    that receives the same block again and again (a Spark worker, map after map) keeps
+    them here: :meth:`remember` after a step, :meth:`reuse` on the next copy. They are
+    reused only if the block's images and PSFs equal those they were built from, so a
+    stale entry can never be used; :func:`operators` still checks its settings key.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Rough bound on what the entries hold (the oldest are evicted beyond it).
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self._entries: OrderedDict = OrderedDict()  # key -> (images, psfs, operators)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def reuse(self, block: Block, key) -> None:
+        """Give ``block`` (fresh, without operators) those remembered under ``key``."""
+        entry = self._entries.get(key)
+        if entry is not None and not block._ops:
+            images, psfs, ops = entry
+            if _same_data(images, block.images) and _same_data(psfs, block.psfs):
+                block._ops = ops
+                self._entries.move_to_end(key)
+
+    def remember(self, block: Block, key) -> None:
+        """Keep ``block``'s operators (if built) under ``key``, evicting the oldest."""
+        if not block._ops:
+            return
+        self._entries[key] = (block.images, block.psfs, block._ops)
+        self._entries.move_to_end(key)
+        per_entry = self.entry_bytes(block)
+        while len(self._entries) > 1 and len(self._entries) * per_entry > self.max_bytes:
+            self._entries.popitem(last=False)
+
+    @staticmethod
+    def entry_bytes(block: Block) -> int:
+        """Rough bytes of a block's entry: its static arrays and a few spectra as large."""
+        return 6 * block.images.nbytes + np.asarray(block.psfs).nbytes
 
 
 def _relax(new: np.ndarray, old: np.ndarray, rho: float) -> np.ndarray:
@@ -396,18 +252,18 @@ def _sparse_chunk(fidelity, wavelet, x, y, weights, problem, n_iter, mask, costs
         # ỹ = y + σ(2Φx̃ − Φx), ŷ = clip(ỹ, −W, W)
         wavelet.op_into(x_tilde, phi_tilde, work)
         np.multiply(phi_tilde, 2 * sigma, out=y_tilde)
-        _add_scaled(y_tilde, phi_x, -sigma)
+        add_scaled(y_tilde, phi_x, -sigma)
         y_tilde += y
         np.minimum(y_tilde, upper, out=y_tilde)
         np.maximum(y_tilde, lower, out=y_tilde)
         # relaxation: v ← v + ρ(ṽ − v) for y, Φx, the carried Hx and x
         y_tilde -= y
-        _add_scaled(y, y_tilde, rho)
+        add_scaled(y, y_tilde, rho)
         phi_tilde -= phi_x
-        _add_scaled(phi_x, phi_tilde, rho)
+        add_scaled(phi_x, phi_tilde, rho)
         fidelity.advance_into(carried, x_tilde, rho)
         x_tilde -= x
-        _add_scaled(x, x_tilde, rho)
+        add_scaled(x, x_tilde, rho)
         if mask[it]:
             costs[it] += fidelity.cost_of(carried) + _l1_weighted_into(upper, phi_x, y_tilde)
 
@@ -517,3 +373,52 @@ class ConvergenceTest:
         other = ConvergenceTest(self.tolerance, self.window)
         other.counter, other.costs, other.last_test = self.counter, list(self.costs), self.last_test
         return other
+
+
+# -- memory footprints (counted by galdecon.run.preflight; nothing is allocated) -----------
+def state_bytes(n_images: int, n_pixels: int, itemsize: int, dual_bands: int) -> int:
+    """Bytes of the solver state of a stack: the primal (n, N0, N1) and the dual.
+
+    ``dual_bands`` is J in sparse mode (the dual is (n, J, N0, N1)), 1 in low rank.
+    """
+    return n_images * n_pixels * itemsize * (1 + dual_bands)
+
+
+def weights_bytes(n_images: int, n_bands: int, n_pixels: int, reweighted: bool) -> int:
+    """Bytes of the sparse weights: (n, J) float64, (n, J, N0, N1) once :func:`reweight`."""
+    return n_images * n_bands * (n_pixels if reweighted else 1) * 8
+
+
+def sparse_scratch_bytes(n_images: int, n_bands: int, n_pixels: int, spectrum: int,
+                         itemsize: int) -> int:
+    """Bytes of one thread's scratch arrays in :func:`sparse_iterate`.
+
+    Per galaxy of a chunk (:data:`CHUNK_SIZE`): 6J + 3 stamp-sized real arrays (the dual
+    and wavelet terms, their bounds, the gradient and x̃) and three spectra (what the
+    fidelity carries and its two work arrays).
+    """
+    chunk = min(n_images, CHUNK_SIZE)
+    return chunk * ((6 * n_bands + 3) * n_pixels * itemsize + 3 * spectrum * 2 * itemsize)
+
+
+def reweight_scratch_bytes(n_in_flight: int, n_bands: int, n_pixels: int,
+                           itemsize: int) -> int:
+    """Bytes of the temporaries of :func:`reweight` on ``n_in_flight`` galaxies at once."""
+    return n_in_flight * n_bands * n_pixels * (2 * itemsize + 3 * 8)
+
+
+def lowr_pending_bytes(n_images: int, n_pixels: int, itemsize: int) -> int:
+    """Bytes of the (x̃, ỹ) every block keeps between :func:`lowr_begin` and the finish."""
+    return 2 * n_images * n_pixels * itemsize
+
+
+def lowr_begin_scratch_bytes(n_in_flight: int, n_pixels: int, spectrum: int,
+                             itemsize: int) -> int:
+    """Bytes of the temporaries of :func:`lowr_begin` (a stamp and two spectra a galaxy)."""
+    return n_in_flight * (n_pixels * itemsize + 2 * spectrum * 2 * itemsize)
+
+
+def lowr_finish_scratch_bytes(n_in_flight: int, n_pixels: int, itemsize: int) -> int:
+    """Bytes of the temporaries of :func:`lowr_finish` (the SVT's stamp a galaxy)."""
+    return n_in_flight * n_pixels * itemsize
+

@@ -14,8 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from galdecon.data.files import (GZIP_MAGIC, check_size_limit, one_line, open_input,
-                                 shape_text)
+from galdecon.data.files import GZIP_MAGIC, check_size_limit, one_line, open_input, shape_text
 from galdecon.data.memory import available_bytes, format_bytes
 from galdecon.errors import ConfigError, GalDeconError, InputError
 

@@ -1,18 +1,43 @@
 """The public names of the data layer, in one place for callers."""
 
 from galdecon.data.digest import array_digest, chunk_sha256, sha256
-from galdecon.data.files import (FITS_SUFFIXES, NPY_SUFFIXES, check_dtype, check_file,
-                                 check_size_limit, file_format)
+from galdecon.data.files import (
+                                 FITS_SUFFIXES,
+                                 NPY_SUFFIXES,
+                                 check_dtype,
+                                 check_file,
+                                 check_size_limit,
+                                 file_format,
+)
 from galdecon.data.fitsfile import FITS_BITPIX
-from galdecon.data.output import (OUTPUT_FORMATS, atomic_path, check_inputs_exist,
-                                  check_outputs, fsync_dir, json_default, output_paths,
-                                  write_array, write_json)
+from galdecon.data.output import (
+                                 OUTPUT_FORMATS,
+                                 atomic_path,
+                                 check_inputs_exist,
+                                 check_outputs,
+                                 fsync_dir,
+                                 json_default,
+                                 output_paths,
+                                 write_array,
+                                 write_json,
+)
 from galdecon.data.readers import peek_shape, read_array
 from galdecon.data.spec import split_hdu
-from galdecon.data.validate import (PSF_SUM_TOLERANCE, PsfSummary, as_array, as_stack,
-                                    check_finite, check_psfs_not_zero, combine_psf_summaries,
-                                    psf_sum_outliers, psf_summary, validate_like,
-                                    validate_psfs, warn_psf_sums, warn_psfs)
+from galdecon.data.validate import (
+                                 PSF_SUM_TOLERANCE,
+                                 PsfSummary,
+                                 as_array,
+                                 as_stack,
+                                 check_finite,
+                                 check_psfs_not_zero,
+                                 combine_psf_summaries,
+                                 psf_sum_outliers,
+                                 psf_summary,
+                                 validate_like,
+                                 validate_psfs,
+                                 warn_psf_sums,
+                                 warn_psfs,
+)
 
 __all__ = ["FITS_BITPIX", "FITS_SUFFIXES", "NPY_SUFFIXES", "OUTPUT_FORMATS", "PSF_SUM_TOLERANCE",
            "PsfSummary", "array_digest", "as_array", "as_stack", "atomic_path", "check_dtype",

@@ -9,8 +9,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from galdecon.data.files import (NPY_MAGIC, check_dtype, check_size_limit, no_memory, one_line,
-                                 open_input, shape_text)
+from galdecon.data.files import (
+    NPY_MAGIC,
+    check_dtype,
+    check_size_limit,
+    no_memory,
+    one_line,
+    open_input,
+    shape_text,
+)
 from galdecon.errors import InputError
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from galdecon.data.files import check_dtype, check_file, file_format, no_memory
 from galdecon.data.fitsfile import read_fits
-from galdecon.data.files import check_file, file_format, no_memory, check_dtype
 from galdecon.data.memory import available_bytes
 from galdecon.data.npyfile import read_npy
 from galdecon.data.spec import split_hdu

@@ -1,7 +1,8 @@
 """The engine contract: what the driver may ask of any engine (ARCHITECTURE.md).
 
 1. scatter: place blocks built from stacks (contiguous slices of the galaxy axis);
-2. map / map-reduce: run a function on every block, combining small results;
+2. map / reduce: run a function on every block, combining its results (the maths layer
+   builds its global reductions — σ, the low-rank factors — from these alone);
 3. step: replace every block by ``f(block)`` keeping big arrays where they are, returning
    only small per-block results;
 4. broadcast: small driver-side objects are passed as function arguments;
@@ -61,17 +62,16 @@ class Engine(abc.ABC):
         """Write block attributes ``names`` as new arrays of a chunked-store writer.
 
         The arrays are created with the blocks' shapes and dtypes (read off the first
-        block), ``chunk`` galaxies per chunk (default: the store's default), then written.
-        Returns the ``{name: {chunk: sha256}}`` of the chunks written elsewhere, for
-        :meth:`~galdecon.data.chunked.StoreWriter.finalize`.
+        block), ``chunk`` galaxies per chunk (default: the writer's own default), then
+        written. Returns the ``{name: {chunk: sha256}}`` of the chunks written elsewhere,
+        for :meth:`~galdecon.data.chunked.StoreWriter.finalize`.
         """
-        from galdecon.data.chunked import DEFAULT_CHUNK
-
         layout = self.first(partial(_layout, names=tuple(names)))
+        # The writer knows its default chunk: engines do not depend on the data layer.
+        options = {"chunk": int(chunk)} if chunk else {}
         for name in names:
             tail, dtype = layout[name]
-            writer.create_array(name, (int(n_images), *tail), np.dtype(dtype),
-                                chunk=chunk or DEFAULT_CHUNK)
+            writer.create_array(name, (int(n_images), *tail), np.dtype(dtype), **options)
         return self._write_chunks(writer, names)
 
     def _write_chunks(self, writer, names) -> dict:
@@ -102,8 +102,13 @@ class Engine(abc.ABC):
         """Replace every block by ``fn(block)[0]``; return the ``[1]`` parts in block order."""
 
     @abc.abstractmethod
-    def reduce(self, fn: Callable, combine: Callable):
-        """Return ``combine`` folded over ``fn(block)`` for every block (blocks unchanged)."""
+    def reduce(self, fn: Callable, combine: Callable, tree: bool = False):
+        """Return ``combine`` folded over ``fn(block)`` for every block (blocks unchanged).
+
+        The fold runs in galaxy order. With ``tree``, ``combine`` is commutative and the
+        values are large (p × p Grams): a distributed engine may then combine them among
+        its workers, in any order, instead of all on the driver.
+        """
 
     @abc.abstractmethod
     def snapshot(self):
@@ -119,18 +124,6 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def gather(self, attribute: str) -> np.ndarray:
         """Return one block attribute for the whole stack, in galaxy order."""
-
-    @abc.abstractmethod
-    def noise_sigma(self) -> float:
-        """Return 1.4826 · MAD of all image pixels, exactly."""
-
-    @abc.abstractmethod
-    def low_rank_factors(self, getter: Callable, threshold: float, kind: str):
-        """Return ``(basis, scale)`` of the global SVT of the matrix of ``getter(block)``."""
-
-    @abc.abstractmethod
-    def nuclear_norm(self, getter: Callable) -> float:
-        """Return the nuclear norm of the matrix with one column ``getter(block)[i]`` per galaxy."""
 
     def facts(self) -> dict:
         """Engine facts for the run record."""

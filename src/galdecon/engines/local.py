@@ -15,14 +15,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from galdecon.engines.base import Engine, block_bounds, make_block
-from galdecon.errors import Cancelled
-from galdecon.core.operators.prox import gram, low_rank_form, nuclear_norm_of, svt_factors
-from galdecon.core.problem import mad_sigma
 from galdecon.core.solver import Block
 from galdecon.core.threads import blas_single_thread
+from galdecon.engines.base import Engine, block_bounds, make_block
+from galdecon.errors import Cancelled
 
 DEFAULT_BLOCK_SIZE = 64
+
+
+def galaxies_in_flight(n_images: int, threads: int, block_size: int = DEFAULT_BLOCK_SIZE) -> int:
+    """Galaxies whose temporaries are live at once: a block on every thread."""
+    return min(int(n_images), int(threads) * int(block_size))
+
 
 def default_threads() -> int:
     """Cores this process may use."""
@@ -90,7 +94,7 @@ class LocalEngine(Engine):
         self.blocks = [b for b, _ in out]
         return [r for _, r in out]
 
-    def reduce(self, fn, combine):
+    def reduce(self, fn, combine, tree=False):
         results = self._run(fn, self.blocks)
         total = results[0]
         for value in results[1:]:
@@ -105,26 +109,6 @@ class LocalEngine(Engine):
 
     def gather(self, attribute: str) -> np.ndarray:
         return np.concatenate([getattr(b, attribute) for b in self.blocks], axis=0)
-
-    def noise_sigma(self) -> float:
-        return mad_sigma(np.concatenate([b.images.ravel() for b in self.blocks]))
-
-    def _matrix(self, getter) -> np.ndarray:
-        return np.concatenate([getter(b).reshape(b.size, -1) for b in self.blocks], axis=0,
-                              dtype=np.float64)
-
-    def _low_rank_form(self, getter) -> tuple[str, np.ndarray]:
-        rows = self._matrix(getter)  # Mᵀ: one row per galaxy
-        form = low_rank_form(*rows.shape)
-        return form, rows if form == "rows" else gram(rows)
-
-    def low_rank_factors(self, getter, threshold: float, kind: str):
-        form, matrix = self._low_rank_form(getter)
-        return svt_factors(form, matrix, threshold, kind)
-
-    def nuclear_norm(self, getter) -> float:
-        form, matrix = self._low_rank_form(getter)
-        return nuclear_norm_of(form, matrix)
 
     def facts(self) -> dict:
         return {"engine": self.name, "threads": self.threads, "blocks": len(self.blocks)}

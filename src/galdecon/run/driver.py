@@ -16,8 +16,8 @@ from functools import partial
 
 import numpy as np
 
-from galdecon.engines.base import Engine
-from galdecon.errors import ConfigError
+from galdecon.core import lowrank
+from galdecon.core.noise import noise_sigma
 from galdecon.core.operators.convolution import Convolution
 from galdecon.core.problem import Problem, Settings, make_problem, sparse_weights
 from galdecon.core.solver import (
@@ -28,6 +28,8 @@ from galdecon.core.solver import (
     reweight,
     sparse_iterate,
 )
+from galdecon.engines.base import Engine
+from galdecon.errors import ConfigError
 
 log = logging.getLogger("galdecon")
 
@@ -171,7 +173,7 @@ class Driver:
         if saved is not None:
             sigma, beta = saved["noise_sigma"], saved["beta"]
         else:
-            sigma = s.noise_est if s.noise_est is not None else self.engine.noise_sigma()
+            sigma = s.noise_est if s.noise_est is not None else noise_sigma(self.engine)
             beta = self.engine.reduce(partial(block_beta, settings=s, shape=self.shape), max)
         self.problem = make_problem(s, self.n_images, self.shape, sigma, beta)
         self.engine.map(partial(init_block, problem=self.problem))
@@ -193,13 +195,15 @@ class Driver:
     def _lowr_step(self, want_cost: bool) -> float:
         p, s = self.problem, self.settings
         self.engine.map(partial(_lowr_begin_task, problem=p))
-        basis, scale = self.engine.low_rank_factors(_pending_dual, p.lowr_lambda,
-                                                    s.lowr_thresh_type)
+        size = (self.n_images, self.shape[0] * self.shape[1])
+        basis, scale = lowrank.low_rank_factors(self.engine, _pending_dual, *size,
+                                                p.lowr_lambda, s.lowr_thresh_type)
         shares = self.engine.map(partial(_lowr_finish_task, problem=p, basis=basis,
                                          scale=scale, want_cost=want_cost))
         if not want_cost:
             return np.nan
-        return float(np.sum(shares)) + p.lowr_lambda * self.engine.nuclear_norm(_primal)
+        nuclear = lowrank.nuclear_norm(self.engine, _primal, *size)
+        return float(np.sum(shares)) + p.lowr_lambda * nuclear
 
     def _advance(self, n_iter: int) -> tuple[int, bool]:
         """Run up to ``n_iter`` iterations; return (iterations done, converged)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +9,6 @@ import numpy as np
 from galdecon.data import io
 from galdecon.data.sources import StoreStack
 from galdecon.errors import ConfigError
-from galdecon.run import checkpoint as ckpt
 
 
 def prepare_inputs(images, psfs, initial_primal=None, truth=None, dtype="float64",

@@ -63,6 +63,24 @@ def rfft_weights(n_last: int, dtype=np.float64) -> np.ndarray:
     return weights
 
 
+def grid_shape(shape, psf_shape, boundary: str) -> tuple[int, int]:
+    """The DFT grid of a convolution.
+
+    The stamp itself for the periodic boundary; else the stamp padded by half the PSF (no
+    wrap-around) to a fast length.
+    """
+    if boundary == "periodic":
+        return int(shape[0]), int(shape[1])
+    return (sfft.next_fast_len(int(shape[0]) + int(psf_shape[0]) // 2, real=True),
+            sfft.next_fast_len(int(shape[1]) + int(psf_shape[1]) // 2, real=True))
+
+
+def spectrum_size(shape, psf_shape, boundary: str) -> int:
+    """Complex values of one ``rfft2`` on the :func:`grid_shape` (a transfer function)."""
+    g0, g1 = grid_shape(shape, psf_shape, boundary)
+    return g0 * (g1 // 2 + 1)
+
+
 class Convolution:
     r"""The convolution operator :math:`H` of a block of stamps.
 
@@ -94,13 +112,7 @@ class Convolution:
         k0, k1 = psfs.shape[-2:]
         if k0 > self.shape[0] or k1 > self.shape[1]:
             raise ValueError(f"PSF of shape {(k0, k1)} is larger than the stamp {self.shape}")
-        if boundary == "periodic":
-            self.grid = self.shape
-        else:
-            self.grid = (
-                sfft.next_fast_len(self.shape[0] + k0 // 2, real=True),
-                sfft.next_fast_len(self.shape[1] + k1 // 2, real=True),
-            )
+        self.grid = grid_shape(self.shape, (k0, k1), boundary)
         self.transfer = sfft.rfft2(kernel_to_grid(psfs, self.grid)).astype(
             complex_dtype(dtype), copy=False
         )

@@ -17,11 +17,28 @@ from galdecon.data.output import fsync_dir, json_default
 from galdecon.data.store.location import Where
 from galdecon.data.store.manifest import normalize_provenance
 from galdecon.data.store.reader import Store, open_store
-from galdecon.data.store.schema import (DEFAULT_CHUNK, FORMAT, FORMAT_VERSION, MANIFEST, NDIM,
-                                        NAME_PATTERN, RESERVED, ZARR_FORMAT, bounds,
-                                        check_store_dtype, storage_layout, to_storage)
-from galdecon.data.store.zarrio import (compressor, create_array, create_group, open_array,
-                                        open_group_rw, zarr_module)
+from galdecon.data.store.schema import (
+    DEFAULT_CHUNK,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    NAME_PATTERN,
+    NDIM,
+    RESERVED,
+    ZARR_FORMAT,
+    bounds,
+    check_store_dtype,
+    storage_layout,
+    to_storage,
+)
+from galdecon.data.store.zarrio import (
+    compressor,
+    create_array,
+    create_group,
+    open_array,
+    open_group_rw,
+    zarr_module,
+)
 from galdecon.errors import ConfigError, EngineError, OutputError
 
 

@@ -12,10 +12,9 @@ Spark job:
   results come back through an accumulator keyed by (generation, partition), read after a
   JVM-side ``count`` — so no second Python pass unpickles the blocks, and a retried task
   overwrites its own entry instead of double counting;
-- ``noise_sigma`` is an exact distributed selection (radix histograms of the
-  order-preserving integer keys of the float64 pixels, then the one small bucket that holds
-  the wanted rank is collected), equal bit for bit to :func:`galdecon.core.problem.mad_sigma`;
-- the low-rank Gram matrices are tree-aggregated and eigen-decomposed on the driver.
+- ``reduce`` folds the per-tile values within each partition and then over the
+  partitions in galaxy order; with ``tree`` (the p × p low-rank Grams) it tree-aggregates
+  them among the executors instead.
 
 Superseded states are unpersisted (a :meth:`SparkEngine.snapshot` pins one until
 :meth:`SparkEngine.release`) and the lineage is cut with ``localCheckpoint`` every
@@ -25,22 +24,27 @@ slow down. Measured Spark facts behind these choices are in ``design/SPARK_NOTES
 
 from __future__ import annotations
 
-import gc
 import logging
 import shutil
 import tempfile
 import uuid
-from collections import OrderedDict
 from functools import partial
 
 import numpy as np
 
 from galdecon.engines.base import Engine, block_bounds, make_block
 from galdecon.engines.spark.cluster import active_session, start_session
+from galdecon.engines.spark.worker import (
+    OPERATOR_CACHE_BYTES,
+    ResultsParam,
+    gather_partition,
+    map_partition,
+    read_tile,
+    reduce_partition,
+    worker_error,
+    write_partition,
+)
 from galdecon.errors import EngineError
-from galdecon.core.operators.prox import gram, low_rank_form, nuclear_norm_of, svt_factors
-from galdecon.core.problem import MAD_TO_SIGMA
-from galdecon.core.solver import Block
 
 log = logging.getLogger("galdecon")
 
@@ -54,204 +58,47 @@ STATE_ARRAYS_PER_GALAXY = 8
 DEFAULT_MASTER = "local[*,4]"
 # Keep each gather job's result well under spark.driver.maxResultSize (1 GiB by default).
 GATHER_CHUNK_BYTES = 256 * 2**20
-# Radix selection: 16-bit digits, and a bucket this small is collected and sorted.
-DIGIT_BITS = 16
-COLLECT_LIMIT = 1 << 20
-
-# Per Python worker: operators derived from a tile's static data, reused across maps.
-OPERATOR_CACHE_BYTES = 1 << 30
-_WORKER_READY = False
-_OPERATORS: OrderedDict = OrderedDict()  # (scatter id, tile start) -> (images, psfs, ops)
+# In local mode the block cache lives in the driver JVM, whose heap is spark.driver.memory;
+# what does not fit spills to disk.
+DEFAULT_DRIVER_MEMORY = "4g"
+DRIVER_JVM_BYTES = 4 * 2**30
 
 
-def _prepare_worker() -> None:
-    """Once per Python worker process: single-threaded BLAS and a frozen heap.
+def footprint(n_images: int, parts: dict, threads: int,
+              block_size: int = DEFAULT_BLOCK_SIZE) -> dict:
+    """Bytes a Spark run holds outside the driver's Python, from its array groups.
 
-    Spark runs one task per core, so BLAS threads would oversubscribe the cores. The
-    reused Python worker runs ``gc.collect()`` after every task, which walks the whole heap
-    (~13 ms each); ``gc.freeze()`` moves the imported modules out of its reach.
+    Parameters
+    ----------
+    n_images : int
+    parts : dict
+        Bytes of the whole stack's ``images``, ``psfs``, ``initial_primal``, ``state``,
+        ``operators`` and (sparse) ``weights`` and ``scratch`` (all threads together).
+    threads : int
+        Python workers.
+    block_size : int
+        Galaxies per tile.
+
+    Returns
+    -------
+    dict
+        ``jvm`` (the pickled blocks, current state and snapshot, up to the JVM heap),
+        ``disk`` (what spills beyond it), ``workers`` (each holds its tile twice —
+        unpickled and its successor — its operator cache and its scratch) and
+        ``scatter`` (the pickled static data a scatter sends).
     """
-    global _WORKER_READY
-    if _WORKER_READY:
-        return
-    _WORKER_READY = True
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=1, user_api="blas")
-    except Exception:  # noqa: BLE001 - a speed hint only, never worth failing a task
-        pass
-    gc.freeze()
-
-
-def _same_data(a, b) -> bool:
-    return a is b or (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
-                      and a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b))
-
-
-def _reuse_operators(tile: Block, scatter_id: str) -> None:
-    """Give a freshly unpickled tile the operators this worker built for it before.
-
-    A block pickles without its derived operators (PSF transfer functions, image spectra,
-    wavelet matrices), and rebuilding them costs about a fifth of an iteration per map.
-    They are reused only if the tile's images and PSFs equal those they were built from,
-    so a stale entry can never be used; the solver still checks its settings key.
-    """
-    entry = _OPERATORS.get((scatter_id, tile.start))
-    if entry is not None and not tile._ops:
-        images, psfs, ops = entry
-        if _same_data(images, tile.images) and _same_data(psfs, tile.psfs):
-            tile._ops = ops
-            _OPERATORS.move_to_end((scatter_id, tile.start))
-
-
-def _remember_operators(tile: Block, scatter_id: str) -> None:
-    if not tile._ops:
-        return
-    _OPERATORS[(scatter_id, tile.start)] = (tile.images, tile.psfs, tile._ops)
-    _OPERATORS.move_to_end((scatter_id, tile.start))
-    # Rough size: the static arrays and a few spectra of the same size (LRU eviction).
-    per_entry = 6 * tile.images.nbytes + np.asarray(tile.psfs).nbytes
-    while len(_OPERATORS) > 1 and len(_OPERATORS) * per_entry > OPERATOR_CACHE_BYTES:
-        _OPERATORS.popitem(last=False)
-
-
-# -- functions shipped to the workers (module level so they pickle by reference) ---------
-def _map_partition(index, tiles, fn, results, generation, scatter_id):
-    _prepare_worker()
-    values = []
-    for tile in tiles:
-        _reuse_operators(tile, scatter_id)
-        new, value = fn(tile)
-        _remember_operators(new, scatter_id)
-        values.append(value)
-        yield new  # streamed: the JVM stores this tile while the next one computes
-    results.add({(generation, index): values})
-
-
-def _read_tile(bounds, source) -> Block:
-    start, stop = bounds
-    return Block(start=start, **source.read(start, stop))
-
-
-def _write_partition(tiles, writer, names):
-    tiles = list(tiles)
-    if not tiles:
-        return
-    for name in names:
-        block = np.concatenate([getattr(tile, name) for tile in tiles], axis=0)
-        yield name, writer.write_block(name, tiles[0].start, block)
-
-
-def worker_error(exc: BaseException) -> BaseException:
-    """The galdecon error a Spark task raised (e.g. a corrupt chunk), as itself."""
-    from galdecon import errors
-
-    text = str(exc)
-    for name in ("InputError", "OutputError", "ConfigError"):
-        marker = f"galdecon.errors.{name}: "
-        if marker in text:
-            message = text.split(marker, 1)[1].splitlines()[0].strip()
-            return getattr(errors, name)(message)
-    return exc
-
-
-def _reduce_partition(tiles, fn):
-    _prepare_worker()
-    for tile in tiles:
-        yield fn(tile)
-
-
-def _gather_partition(tiles, attribute):
-    _prepare_worker()
-    yield np.concatenate([getattr(tile, attribute) for tile in tiles], axis=0)
-
-
-def _rows_partition(tiles, getter):
-    _prepare_worker()
-    yield np.concatenate([np.asarray(getter(t), dtype=np.float64).reshape(t.size, -1)
-                          for t in tiles], axis=0)
-
-
-def _gram_partition(tiles, getter):
-    _prepare_worker()
-    total = None
-    for tile in tiles:
-        part = gram(getter(tile))
-        total = part if total is None else total + part
-    if total is not None:
-        yield total
-
-
-def _add(a, b):
-    return a + b
-
-
-class _ResultsParam:
-    """Accumulator of ``{(generation, partition): results}``; merging overwrites.
-
-    A retried or recomputed task sends the same entry again, so overwriting (unlike
-    adding) keeps the results exact under Spark's at-least-once accumulator updates.
-    """
-
-    def zero(self, value):
-        return {}
-
-    def addInPlace(self, value1, value2):  # noqa: N802 - PySpark's AccumulatorParam API
-        value1.update(value2)
-        return value1
-
-
-# -- exact distributed selection (for the median and the MAD) ----------------------------
-def order_keys(values: np.ndarray) -> np.ndarray:
-    """Map float64 values to uint64 keys with the same order (IEEE 754 bit trick)."""
-    bits = np.ascontiguousarray(values, dtype=np.float64).view(np.uint64)
-    negative = (bits >> np.uint64(63)).astype(bool)
-    return np.where(negative, ~bits, bits | np.uint64(1 << 63))
-
-
-def key_values(keys: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`order_keys`."""
-    keys = np.asarray(keys, dtype=np.uint64)
-    positive = (keys >> np.uint64(63)).astype(bool)
-    bits = np.where(positive, keys & np.uint64((1 << 63) - 1), ~keys)
-    return bits.view(np.float64)
-
-
-def _pixels(tile: Block, centre) -> np.ndarray:
-    values = np.asarray(tile.images, dtype=np.float64).ravel()
-    return values if centre is None else np.abs(values - centre)
-
-
-def _select_partition(tiles, centre, targets):
-    """Per target ``(level, prefix, collect)``, over the keys of one partition.
-
-    Yields one list: for each target, the keys whose top ``level`` digits equal ``prefix``
-    (``collect``), or a sparse histogram ``(digits, counts)`` of their next digit.
-    """
-    _prepare_worker()
-    found = [[] for _ in targets]
-    for tile in tiles:
-        keys = order_keys(_pixels(tile, centre))
-        for j, (level, prefix, collect) in enumerate(targets):
-            shift = np.uint64(64 - DIGIT_BITS * level)
-            chosen = keys if level == 0 else keys[(keys >> shift) == np.uint64(prefix)]
-            if collect:
-                found[j].append(chosen)
-            else:
-                digits = (chosen >> (shift - np.uint64(DIGIT_BITS))) & np.uint64(0xFFFF)
-                found[j].append(np.bincount(digits.astype(np.int64),
-                                            minlength=1 << DIGIT_BITS))
-    out = []
-    for (_, _, collect), parts in zip(targets, found, strict=True):
-        if collect:
-            out.append(np.concatenate(parts) if parts else np.empty(0, np.uint64))
-        else:
-            counts = np.sum(parts, axis=0) if parts else np.zeros(1 << DIGIT_BITS, np.int64)
-            digits = np.flatnonzero(counts)
-            out.append((digits, counts[digits]))
-    yield out
-
+    n = int(n_images)
+    tile = min(n, int(block_size))
+    per_galaxy_state = (parts["state"] + parts.get("weights", 0)) / n
+    per_galaxy_static = (parts["images"] + parts["psfs"] + parts["initial_primal"]) / n
+    cache = 2 * n * (per_galaxy_state + per_galaxy_static)
+    jvm = min(cache, DRIVER_JVM_BYTES)
+    operators_per_tile = parts["operators"] / n * tile
+    workers = threads * (2 * tile * (per_galaxy_state + per_galaxy_static)
+                         + min(OPERATOR_CACHE_BYTES, operators_per_tile * n / threads)
+                         + parts.get("scratch", 0) / threads)
+    return {"jvm": jvm, "disk": cache - jvm, "workers": workers,
+            "scatter": n * per_galaxy_static}
 
 class _State:
     """One generation of the block RDD and its maps since the last lineage cut."""
@@ -313,7 +160,8 @@ class SparkEngine(Engine):
     def __init__(self, master: str | None = None, partitions: int | None = None, spark=None,
                  app_name: str = "galdecon", verbose: bool = False, lineage_every: int = 20,
                  local_dir: str | None = None, block_size: int | None = DEFAULT_BLOCK_SIZE,
-                 ui: bool = False, driver_memory: str = "4g", conf: dict | None = None):
+                 ui: bool = False, driver_memory: str = DEFAULT_DRIVER_MEMORY,
+                 conf: dict | None = None):
         master = master or DEFAULT_MASTER
         self.partitions = int(partitions) if partitions else None
         self.lineage_every = int(lineage_every or 0)
@@ -347,7 +195,7 @@ class SparkEngine(Engine):
         self._tile_sizes: list[list[int]] = []
         self._generation = 0
         self._scatter_id = ""
-        self._stamp_pixels = self._n_pixels = 0
+        self._stamp_pixels = 0
         from pyspark import StorageLevel
 
         # Disk as well as memory: under memory pressure a block spills instead of being
@@ -355,7 +203,7 @@ class SparkEngine(Engine):
         # "Deserialized" keeps PySpark's pickled batches as JVM byte arrays, sparing a Java
         # serialisation copy on every store and read (they are pickles either way).
         self._level = StorageLevel.MEMORY_AND_DISK_DESER
-        self._results = self._sc.accumulator({}, _ResultsParam())
+        self._results = self._sc.accumulator({}, ResultsParam())
 
     # -- state bookkeeping ----------------------------------------------------------------
     @property
@@ -393,7 +241,6 @@ class SparkEngine(Engine):
         """Cut the stacks into contiguous slices, one per partition, and persist them."""
         images = arrays["images"]
         self._stamp_pixels = int(np.prod(images.shape[1:]))
-        self._n_pixels = int(n_images) * self._stamp_pixels
         n_parts = self._default_partitions(n_images)
         tiles = [make_block(arrays, lo, hi)
                  for lo, hi in self._layout(block_bounds(n_images, n_parts))]
@@ -440,14 +287,13 @@ class SparkEngine(Engine):
         are not lineage-cut: a lost partition is read again from the store.
         """
         self._stamp_pixels = int(np.prod(source.shape))
-        self._n_pixels = int(n_images) * self._stamp_pixels
         n_parts = self._default_partitions(n_images)
         if n_parts > source.n_chunks:
             log.info("Spark: %d partitions for %d chunks of the images: one per chunk",
                      n_parts, source.n_chunks)
         tiles = self._layout(source.bounds(n_parts))
         rdd = self._sc.parallelize(tiles, len(self._bounds)).map(
-            partial(_read_tile, source=source)).persist(self._level)
+            partial(read_tile, source=source)).persist(self._level)
         try:
             rdd._jrdd.count()  # read now: a bad chunk is reported here, by name
         except Exception as exc:
@@ -472,7 +318,7 @@ class SparkEngine(Engine):
         if not aligned:  # partitions that share chunks cannot write them in parallel
             return super()._write_chunks(writer, names)
         rdd = self._require().rdd.mapPartitions(
-            partial(_write_partition, writer=writer, names=tuple(names)))
+            partial(write_partition, writer=writer, names=tuple(names)))
         try:
             written = rdd.collect()
         except Exception as exc:
@@ -503,7 +349,7 @@ class SparkEngine(Engine):
         generation = self._generation
         self._results.value = {}
         new = state.rdd.mapPartitionsWithIndex(
-            partial(_map_partition, fn=fn, results=self._results, generation=generation,
+            partial(map_partition, fn=fn, results=self._results, generation=generation,
                     scatter_id=self._scatter_id),
             preservesPartitioning=True).persist(self._level)
         depth = state.depth + 1
@@ -526,10 +372,17 @@ class SparkEngine(Engine):
         self._set_state(_State(new, depth))
         return out
 
-    def reduce(self, fn, combine):
-        """Fold ``combine`` over ``fn(tile)`` for every tile, in galaxy order."""
-        values = self._require().rdd.mapPartitions(partial(_reduce_partition, fn=fn))
-        return values.reduce(combine)
+    def reduce(self, fn, combine, tree=False):
+        """Fold ``combine`` over ``fn(tile)`` for every tile, in galaxy order.
+
+        With ``tree``, the partitions' values are tree-aggregated on the executors (a
+        depth growing with the partitions), so the driver never receives them all.
+        """
+        values = self._require().rdd.mapPartitions(partial(reduce_partition, fn=fn))
+        if not tree:
+            return values.reduce(combine)
+        depth = max(2, int(np.ceil(np.log2(max(2, self.n_partitions)) / 2)))
+        return values.treeReduce(combine, depth=depth)
 
     def snapshot(self):
         """Pin the current state (its RDD stays persisted until :meth:`release`)."""
@@ -554,7 +407,7 @@ class SparkEngine(Engine):
     def gather(self, attribute: str) -> np.ndarray:
         """Collect one attribute in galaxy order, a few hundred MB per job at most."""
         rdd = self._require().rdd
-        fetch = partial(_gather_partition, attribute=attribute)
+        fetch = partial(gather_partition, attribute=attribute)
         parts = self._sc.runJob(rdd, fetch, [0])
         per_galaxy = parts[0].nbytes / max(1, parts[0].shape[0])
         group, group_bytes = [], 0.0
@@ -568,92 +421,6 @@ class SparkEngine(Engine):
         if group:
             parts.extend(self._sc.runJob(rdd, fetch, group))
         return np.concatenate(parts, axis=0)
-
-    # -- exact σ ------------------------------------------------------------------------
-    def _select(self, ranks, centre=None) -> dict:
-        """Return ``{rank: value}`` for 0-based ranks among all pixels, exactly.
-
-        The pixels (or their absolute deviations from ``centre``) are mapped to
-        order-preserving 64-bit keys; each job histograms the next 16-bit digit of the keys
-        in the bucket known to hold a rank, until that bucket is small enough to collect.
-        Two or three jobs per rank set in practice, each sending back only sparse
-        histograms or one small bucket.
-        """
-        rdd = self._require().rdd
-        levels = 64 // DIGIT_BITS
-        # rank -> (level, prefix, how many keys sort before the prefix's bucket)
-        pending = {int(r): (0, 0, 0) for r in ranks}
-        collect: dict[int, tuple] = {}
-        found: dict[int, int] = {}
-        while pending or collect:
-            targets = sorted({(lv, px, False) for lv, px, _ in pending.values()}
-                             | {(lv, px, True) for lv, px, _ in collect.values()})
-            parts = rdd.mapPartitions(partial(_select_partition, centre=centre,
-                                              targets=targets)).collect()
-            answers = {}
-            for j, (level, prefix, is_collect) in enumerate(targets):
-                if is_collect:
-                    answers[(level, prefix, True)] = np.sort(
-                        np.concatenate([part[j] for part in parts]))
-                else:
-                    counts = np.zeros(1 << DIGIT_BITS, np.int64)
-                    for digits, hits in (part[j] for part in parts):
-                        counts[digits] += hits
-                    answers[(level, prefix, False)] = counts
-            for rank, (level, prefix, below) in collect.items():
-                found[rank] = int(answers[(level, prefix, True)][rank - below])
-            collect = {}
-            for rank, (level, prefix, below) in list(pending.items()):
-                counts = answers[(level, prefix, False)]
-                cumulative = np.cumsum(counts)
-                digit = int(np.searchsorted(cumulative, rank - below, side="right"))
-                below += int(cumulative[digit - 1]) if digit else 0
-                prefix = (prefix << DIGIT_BITS) | digit
-                del pending[rank]
-                if level + 1 == levels:
-                    found[rank] = prefix
-                elif counts[digit] <= COLLECT_LIMIT:
-                    collect[rank] = (level + 1, prefix, below)
-                else:
-                    pending[rank] = (level + 1, prefix, below)
-        return {rank: float(key_values(np.array([key], np.uint64))[0])
-                for rank, key in found.items()}
-
-    def _median(self, centre=None) -> float:
-        n_values = self._n_pixels
-        ranks = sorted({(n_values - 1) // 2, n_values // 2})
-        values = self._select(ranks, centre)
-        # np.median's own formula: the mean of the one or two middle values.
-        return float(np.mean(np.array([values[r] for r in ranks], dtype=np.float64)))
-
-    def noise_sigma(self) -> float:
-        """Return 1.4826 · median(|Y − median(Y)|) over all pixels, exactly as numpy."""
-        centre = self._median()
-        return float(MAD_TO_SIGMA * self._median(centre))
-
-    # -- low rank -----------------------------------------------------------------------
-    def _gram_or_rows(self, getter):
-        """Return the exact form :func:`~galdecon.core.operators.prox.low_rank_form` picks.
-
-        ``("rows", M^T)`` collected (n×p, smaller than one p×p Gram), or
-        ``("gram", Σ per-block p×p Grams)``, tree-aggregated over the partitions.
-        """
-        rdd = self._require().rdd
-        if low_rank_form(self._bounds[-1][1], self._stamp_pixels) == "rows":
-            rows = rdd.mapPartitions(partial(_rows_partition, getter=getter)).collect()
-            return "rows", np.concatenate(rows, axis=0)
-        depth = max(2, int(np.ceil(np.log2(max(2, self.n_partitions)) / 2)))
-        gram = rdd.mapPartitions(partial(_gram_partition, getter=getter)).treeReduce(
-            _add, depth=depth)
-        return "gram", gram
-
-    def low_rank_factors(self, getter, threshold: float, kind: str):
-        """Return ``(basis, scale)`` of the global SVT, like the local engine."""
-        return svt_factors(*self._gram_or_rows(getter), threshold, kind)
-
-    def nuclear_norm(self, getter) -> float:
-        """Return the nuclear norm of the matrix of one column per galaxy."""
-        return nuclear_norm_of(*self._gram_or_rows(getter))
 
     # -- facts and clean-up -------------------------------------------------------------
     def facts(self) -> dict:
