@@ -1,4 +1,8 @@
-"""FITS image HDUs read header first: BITPIX, NAXISn and the data promised, checked."""
+"""FITS image HDUs read header first: BITPIX, NAXISn and the data promised, checked.
+
+astropy reads the pixels; this module checks its headers first, because astropy alone
+allocates what a header promises and returns short or wrong data from some damaged files.
+"""
 
 from __future__ import annotations
 

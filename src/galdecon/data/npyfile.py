@@ -1,4 +1,8 @@
-"""``.npy`` files read header first: the header parsed as a literal and checked against the file."""
+"""``.npy`` files read header first: the header parsed as a literal and checked against the file.
+
+Why not ``numpy.load`` alone: it allocates what a (possibly crafted) header promises and
+may unpickle; parsing the header first refuses a bad file before any allocation.
+"""
 
 from __future__ import annotations
 
