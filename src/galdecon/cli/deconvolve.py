@@ -25,6 +25,7 @@ from galdecon.cli.options import (
     aliases,
     count_or_auto,
     float_or_auto,
+    positive_float,
     positive_int,
     top_parser,
 )
@@ -147,7 +148,8 @@ def _add_evaluation_options(p) -> None:
                     help="true images: print and record pixel error, ellipticity error, PSNR")
     ev.add_argument(*aliases("-r", "--random-seed"), type=int, default=None,
                     help="seed used to select the clean data (recorded only)")
-    ev.add_argument(*aliases("--kernel"), type=float, default=None, metavar="SIGMA",
+    ev.add_argument(*aliases("--kernel"), type=positive_float, default=None,
+                    metavar="SIGMA",
                     help="sigma (pixels) of a Gaussian window applied before the metrics")
     ev.add_argument(*aliases("--metric"), choices=("median", "mean"), default="median",
                     help="aggregate printed first")

@@ -91,6 +91,9 @@ class Settings:
         integer("n_iter", 1)
         integer("cost_window", 1)
         integer("n_reweights", 0)
+        if self.cost_window > self.n_iter:  # no cost would ever be computed nor tested
+            fail("cost_window", self.cost_window, f"at most n_iter ({self.n_iter}): the cost "
+                 "is computed every cost_window iterations")
         factors = np.atleast_1d(np.asarray(self.wave_thresh_factor, dtype=object)).ravel()
         if not all(isinstance(f, numbers.Real) and not isinstance(f, (bool, np.bool_))
                    and np.isfinite(f) and f >= 0 for f in factors):

@@ -19,7 +19,7 @@ from galdecon.data import chunked
 from galdecon.run.execute import execute
 from galdecon.run.inputs import prepare_inputs, read_inputs
 from galdecon.run.interrupt import StopRequest
-from galdecon.run.options import ENGINE_OPTIONS, resolve_options, split_options
+from galdecon.run.options import ENGINE_OPTIONS, check_kernel, resolve_options, split_options
 from galdecon.run.outputs import collect_outputs
 from galdecon.run.plan import connect_stop, plan_run
 from galdecon.run.record import RunRecord, build_record, versions
@@ -149,6 +149,7 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
     """
     t_start = time.perf_counter()
     settings, engine_options = resolve_options(settings, options)
+    kernel = check_kernel(kernel)
     inputs = read_inputs(images, psfs, initial_primal, truth, settings.dtype, input_names)
     plan = plan_run(inputs, settings, engine, engine_options, sync_every=sync_every,
                     checkpoint=checkpoint, checkpoint_every=checkpoint_every,

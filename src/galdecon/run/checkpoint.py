@@ -64,7 +64,8 @@ def save(directory, driver, engine, digests: dict, extra: dict | None = None,
     engine : Engine
         Holds the blocks.
     digests : dict
-        :func:`~galdecon.data.digest.array_digest` of the ``images`` and ``psfs`` the run was started with.
+        :func:`~galdecon.data.digest.array_digest` of the ``images`` and ``psfs`` the run
+        was started with.
     extra : dict, optional
         JSON-friendly facts stored alongside (the command line's options).
     chunk : int, optional

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
+import numbers
 
 from galdecon.core.problem import Settings
 from galdecon.engines.local import LocalEngine
@@ -49,3 +51,17 @@ def resolve_options(settings: Settings | None, options: dict) -> tuple[Settings,
     else:
         settings = Settings()
     return settings, engine_opts
+
+
+def check_kernel(kernel) -> float | None:
+    """The σ (pixels) of the metrics' Gaussian window: None, or a finite number > 0.
+
+    A NaN σ made every metric NaN and a negative one was taken as given, both silently.
+    """
+    if kernel is None:
+        return None
+    if isinstance(kernel, bool) or not isinstance(kernel, numbers.Real) \
+            or not math.isfinite(kernel) or kernel <= 0:
+        raise ConfigError(f"option kernel={kernel!r}: expected a finite number > 0 (the σ "
+                          "in pixels of the Gaussian window applied before the metrics)")
+    return float(kernel)
