@@ -20,6 +20,7 @@ Superseded states are unpersisted (a :meth:`SparkEngine.snapshot` pins one until
 :meth:`SparkEngine.release`) and the lineage is cut with ``localCheckpoint`` every
 ``lineage_every`` maps, so a thousand iterations neither overflow the driver's stack nor
 slow down. Measured Spark facts behind these choices are in ``design/SPARK_NOTES.md``.
+What runs on the executors is in :mod:`galdecon.engines.spark.worker`.
 """
 
 from __future__ import annotations
