@@ -31,11 +31,9 @@ from galdecon.data.validate import (
                                  check_finite,
                                  check_psfs_not_zero,
                                  combine_psf_summaries,
-                                 psf_sum_outliers,
                                  psf_summary,
                                  validate_like,
                                  validate_psfs,
-                                 warn_psf_sums,
                                  warn_psfs,
 )
 
@@ -44,5 +42,5 @@ __all__ = ["FITS_BITPIX", "FITS_SUFFIXES", "NPY_SUFFIXES", "OUTPUT_FORMATS", "PS
            "check_file", "check_finite", "check_inputs_exist", "check_outputs",
            "check_psfs_not_zero", "check_size_limit", "chunk_sha256", "combine_psf_summaries",
            "file_format", "fsync_dir", "json_default", "output_paths", "peek_shape",
-           "psf_sum_outliers", "psf_summary", "read_array", "sha256", "split_hdu", "validate_like",
-           "validate_psfs", "warn_psf_sums", "warn_psfs", "write_array", "write_json"]
+           "psf_summary", "read_array", "sha256", "split_hdu", "validate_like",
+           "validate_psfs", "warn_psfs", "write_array", "write_json"]

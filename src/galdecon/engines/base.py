@@ -15,7 +15,7 @@ a multi-iteration step to the exact iteration where the convergence test fired.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -166,8 +166,3 @@ def make_block(arrays: dict, start: int, stop: int):
         else:
             fields[name] = value[start:stop]
     return Block(start=start, **fields)
-
-
-def stack_bounds(blocks: Sequence) -> list[tuple[int, int]]:
-    """The (start, stop) of every block."""
-    return [(b.start, b.stop) for b in blocks]

@@ -50,7 +50,7 @@ def start_blocks(eng, driver: Driver, inputs: Inputs, start) -> None:
             source = source.with_state(start.store())
         eng.scatter_source(source, driver.n_images)
         if not source.shared_psf:
-            warn_psf_sums(eng, source)
+            warn_store_psfs(eng, source)
     else:
         arrays = {"images": inputs.images, "psfs": inputs.psfs, "primal": inputs.primal}
         if start is not None:
@@ -64,7 +64,7 @@ def _psf_summary(block):
     return io.psf_summary(block.psfs, start=block.start)
 
 
-def warn_psf_sums(eng, source) -> None:
+def warn_store_psfs(eng, source) -> None:
     """Warn, as for in-memory PSFs, of PSFs held by the blocks that are negative or off 1."""
     io.warn_psfs(f"{source.psfs[0].url}[{source.psfs[1]}]",
                  eng.reduce(_psf_summary, io.combine_psf_summaries), stacklevel=2)
