@@ -14,7 +14,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Deconvolve the bundled sf_deconvolve example; writes results/example_* (arrays, run record, figure).
+# Deconvolve the bundled sf_deconvolve example; writes results/example_* (arrays, run record,
+# cost curve and gallery; `galdecon show results/example` draws the figures again).
 demo: install
 	mkdir -p results
 	$(BIN)/galdecon deconvolve -i data/sf_deconvolve_example/example_image_stack.npy \

@@ -2,8 +2,9 @@
 
 Each sub-command lives in its own module (:mod:`~galdecon.cli.deconvolve`,
 :mod:`~galdecon.cli.simulate`, :mod:`~galdecon.cli.convert`, :mod:`~galdecon.cli.evaluate`,
-:mod:`~galdecon.cli.bench`), which defines its options (``add_*_parser``) and runs it
-(``run_*``). Errors a user can cause print one line and exit with status 2.
+:mod:`~galdecon.cli.bench`, :mod:`~galdecon.cli.show`), which defines its options
+(``add_*_parser``) and runs it (``run_*``). Errors a user can cause print one line and
+exit with status 2.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import sys
 import warnings
 
-from galdecon.cli import bench, convert, deconvolve, evaluate, simulate
+from galdecon.cli import bench, convert, deconvolve, evaluate, show, simulate
 from galdecon.cli.options import configure_logging, top_parser
 from galdecon.errors import GalDeconError, GalDeconWarning, RunInterrupted
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_convert_parser(sub)
     evaluate.add_evaluate_parser(sub)
     bench.add_bench_parser(sub)
+    show.add_show_parser(sub)
     return parser
 
 
@@ -33,7 +35,7 @@ def run_command(args, argv=None) -> int:
     if args.command == "deconvolve":
         return deconvolve.run_deconvolve(args, argv)
     return {"simulate": simulate.run_simulate, "convert": convert.run_convert,
-            "evaluate": evaluate.run_evaluate,
+            "evaluate": evaluate.run_evaluate, "show": show.run_show, "plot": show.run_show,
             "bench": bench.run_bench_command}[args.command](args)
 
 

@@ -73,9 +73,9 @@ def _add_io_options(p) -> None:
                                "a store input, default: its psfs array (required otherwise, "
                                "unless --resume)")
     io_group.add_argument(*aliases("-o", "--output"), metavar="STEM", default=None,
-                          help="output stem: writes STEM_primal, STEM_dual, STEM_run.json and "
-                               "STEM_cost.png (default: the input file's stem in the current "
-                               "directory)")
+                          help="output stem: writes STEM_primal, STEM_dual, STEM_run.json, "
+                               "STEM_cost.png and STEM_gallery.png (default: the input "
+                               "file's stem in the current directory)")
     io_group.add_argument(*aliases("--output-format"), choices=OUTPUT_FORMATS,
                           default=None,
                           help="format of the primal and dual: npy, fits, or zarr (one "
@@ -86,7 +86,7 @@ def _add_io_options(p) -> None:
     io_group.add_argument("--overwrite", action="store_true",
                           help="replace existing output files")
     io_group.add_argument(*aliases("--no-plots"), action="store_true",
-                          help="do not write the cost-curve PNG")
+                          help="do not write the cost-curve and gallery PNGs")
 
 
 def _add_optimisation_options(p) -> None:
@@ -407,9 +407,10 @@ def solve(args, files: RunFiles, stacks: tuple, names: dict, stop, writer):
 
 
 def write_results(result, args, files: RunFiles, images, names: dict, argv) -> dict:
-    """Write the primal and dual (unless in a store), the cost curve and the run record."""
+    """Write the primal and dual (unless in a store), the figures and the run record."""
     from galdecon.run.record import CliFacts
     from galdecon.science.figures import cost_curve
+    from galdecon.science.run_gallery import run_gallery
 
     run = result.run_record
     run.data.sha256 = (images.digests() if files.stored
@@ -424,6 +425,7 @@ def write_results(result, args, files: RunFiles, images, names: dict, argv) -> d
         io.write_array(files.paths["dual"], result.dual, files.fmt, header)
     if "plot" in files.paths:
         cost_curve(record, files.paths["plot"])
+        run_gallery(record, files.paths["gallery"], where=files.paths["record"])
     io.write_json(files.paths["record"], record)
     return record
 
@@ -436,6 +438,7 @@ def output_paths(stem: Path, fmt: str, plots: bool = True) -> dict[str, Path]:
              "record": stem.with_name(stem.name + "_run.json")}
     if plots:
         paths["plot"] = stem.with_name(stem.name + "_cost.png")
+        paths["gallery"] = stem.with_name(stem.name + "_gallery.png")
     return paths
 
 

@@ -113,6 +113,7 @@ def output_paths(stem, fmt: str, plots: bool = True) -> dict[str, Path]:
     }
     if plots:
         paths["plot"] = stem.with_name(stem.name + "_cost.png")
+        paths["gallery"] = stem.with_name(stem.name + "_gallery.png")
     return paths
 
 

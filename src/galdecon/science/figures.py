@@ -19,10 +19,11 @@ def pyplot():
     return plt
 
 
-def save(fig, path: Path) -> Path:
-    """Write ``fig`` as a PNG atomically and close it."""
+def save(fig, path: Path, tight: bool = True) -> Path:
+    """Write ``fig`` as a PNG atomically and close it (``tight``: apply tight_layout first)."""
     path = Path(path)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     pyplot().close(fig)
