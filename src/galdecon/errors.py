@@ -29,6 +29,10 @@ class Cancelled(EngineError):
     """A map stopped early because the run was asked to stop (the state is unchanged)."""
 
 
+class DivergenceError(GalDeconError):
+    """The iteration diverged: a cost or estimate became non-finite (no output is written)."""
+
+
 class RunInterrupted(GalDeconError):
     """The run was stopped by a signal; a checkpoint (if any) says where to resume.
 

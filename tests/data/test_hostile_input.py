@@ -603,9 +603,9 @@ def test_bad_output_stems(capsys, files):
     with pytest.raises(OutputError, match=r"o_primal\.npy: cannot be written \(Is a directory\)"):
         io.write_array(files / "o_primal.npy", IMAGES, "npy")
     assert sorted(p.name for p in files.iterdir()) == ["img.npy", "o_primal.npy", "psf.npy"]
-    line = cli_error(capsys, "-i", files / "img.npy", "-p", files / "psf.npy", "-o", "/")
-    assert line == "galdecon: error: /: output stem has no file name; expected a stem such as " \
-                   "results/run"
+    # -o naming a directory ("/" included) writes inside it (issue 11): /proc takes no file
+    line = cli_error(capsys, "-i", files / "img.npy", "-p", files / "psf.npy", "-o", "/proc/")
+    assert line.startswith("galdecon: error: /proc: output directory is not writable")
 
 
 # -- option files: parsed as data, never executed or expanded -----------------------------

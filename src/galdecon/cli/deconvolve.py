@@ -11,13 +11,13 @@ import argparse
 import contextlib
 import dataclasses
 import math
-import os
 import signal
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
+from galdecon.cli import results
 from galdecon.cli.options import (
     HelpFormatter,
     OptionFileParser,
@@ -33,7 +33,7 @@ from galdecon.core.operators.convolution import BOUNDARIES
 from galdecon.core.operators.wavelet import WAVELETS
 from galdecon.core.problem import DTYPES, MODES, Settings
 from galdecon.data import io
-from galdecon.errors import ConfigError, OutputError
+from galdecon.errors import ConfigError
 from galdecon.run import preflight
 
 DEFAULTS = Settings()
@@ -74,8 +74,10 @@ def _add_io_options(p) -> None:
                                "unless --resume)")
     io_group.add_argument(*aliases("-o", "--output"), metavar="STEM", default=None,
                           help="output stem: writes STEM_primal, STEM_dual, STEM_run.json, "
-                               "STEM_cost.png and STEM_gallery.png (default: the input "
-                               "file's stem in the current directory)")
+                               "STEM_cost.png and STEM_gallery.png, all or none, locking "
+                               "STEM.lock meanwhile; a directory (or DIR/) writes inside it, "
+                               "named after the input (default: the input file's stem in the "
+                               "current directory)")
     io_group.add_argument(*aliases("--output-format"), choices=OUTPUT_FORMATS,
                           default=None,
                           help="format of the primal and dual: npy, fits, or zarr (one "
@@ -192,7 +194,8 @@ def _add_execution_options(p) -> None:
     eng.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar on stderr (default: when stderr is a terminal)")
     eng.add_argument("--force", action="store_true",
-                     help="run even when the memory estimate exceeds the memory available")
+                     help="run even when the memory estimate exceeds the memory available, "
+                          "or the outputs' size the free disk space")
 
 
 class ProgressBar:
@@ -284,14 +287,14 @@ def run_deconvolve(args, argv=None) -> int:
         args = resumed_args(args, argv)
     files = check_files(args)
     stop = StopRequest()
-    with handle_signals(stop):
+    with handle_signals(stop), results.claim_outputs(args, files) as outputs:
         stacks, names = read_stacks(args, files)
-        writer = output_store(args, files, names)
+        writer = output_store(args, files, names, outputs)
         with writer if writer is not None else contextlib.nullcontext():
             result = solve(args, files, stacks, names, stop, writer)
-        record = write_results(result, args, files, stacks[0], names, argv)
-    if not args.keep_checkpoint:
-        checkpoint.remove(files.checkpoint)
+        record = results.write_results(result, args, files, stacks[0], names, argv, outputs)
+        if not args.keep_checkpoint:  # under the stem's lock: no other run uses it now
+            checkpoint.remove(files.checkpoint)
     report(record, args)
     if stop.requested:  # the signal came after the last iteration: the outputs are whole
         print(f"galdecon: {signal_name(stop.signum)} received after the run finished; the "
@@ -309,6 +312,8 @@ class RunFiles:
     fmt: str
     paths: dict
     checkpoint: Path
+    stem: Path
+    inputs: list  # the input files given, as typed
 
 
 def check_files(args) -> RunFiles:
@@ -321,16 +326,14 @@ def check_files(args) -> RunFiles:
                           "(or --resume CHECKPOINT)")
     settings = settings_from_args(args)
     fmt = args.output_format or ("zarr" if stored else "npy")
-    stem = Path(args.output) if args.output else Path(io.split_hdu(args.input)[0].name
-                                                       .split(".")[0])
-    paths = output_paths(stem, fmt, plots=not args.no_plots)
+    stem = results.output_stem(args.output, args.input)
+    paths = results.output_paths(stem, fmt, plots=not args.no_plots)
     ckpt_dir = Path(args.checkpoint) if args.checkpoint else stem.with_name(
         stem.name + "_checkpoint")
     inputs = [args.input, args.psf, args.current_res, args.clean_data]
     given = [spec for spec in inputs if spec is not None]
     io.check_inputs_exist([spec for spec in inputs if not is_store_spec(spec)])
-    io.check_outputs(paths, given, args.overwrite)
-    check_checkpoint_dir(ckpt_dir, given, args.resume, args.overwrite)
+    io.check_outputs(paths, given, args.overwrite)  # again, under the stem's lock, later
     if stored and (args.clean_data or not all(is_store_spec(s) for s in inputs if s)):
         raise ConfigError(f"{args.input} is a chunked store: give the PSFs (and -k) as "
                           "stores too; -c/--clean-data is not supported with stores "
@@ -339,7 +342,7 @@ def check_files(args) -> RunFiles:
         preflight.check_inputs(args.input, args.psf, settings, force=args.force,
                                initial_primal=args.current_res, truth=args.clean_data,
                                engine=args.engine, threads=args.threads)
-    return RunFiles(settings, stored, fmt, paths, ckpt_dir)
+    return RunFiles(settings, stored, fmt, paths, ckpt_dir, stem, given)
 
 
 def read_stacks(args, files: RunFiles) -> tuple[tuple, dict]:
@@ -371,16 +374,22 @@ def engine_options(args) -> dict:
     return {"threads": args.threads} if args.threads else {}
 
 
-def output_store(args, files: RunFiles, names: dict):
-    """The chunked store the workers write the outputs to (zarr format), or None."""
+def output_store(args, files: RunFiles, names: dict, outputs):
+    """The chunked store the workers write the outputs to (zarr format), or None.
+
+    It is finished in its temporary directory and renamed with the run record
+    (``outputs``, the run's output set), so neither appears without the other.
+    """
     if files.fmt != "zarr":
         return None
     from galdecon.data import chunked
 
-    return chunked.create_store(
-        files.paths["store"], overwrite=args.overwrite,
+    writer = chunked.create_store(
+        files.paths["store"], overwrite=args.overwrite, publish=False,
         provenance={"command": "galdecon deconvolve",
                     "run": {"settings": dataclasses.asdict(files.settings), "inputs": names}})
+    outputs.adopt("store", writer.work_path)
+    return writer
 
 
 def solve(args, files: RunFiles, stacks: tuple, names: dict, stop, writer):
@@ -404,63 +413,6 @@ def solve(args, files: RunFiles, stacks: tuple, names: dict, stop, writer):
     finally:
         if bar is not None:
             bar.close()
-
-
-def write_results(result, args, files: RunFiles, images, names: dict, argv) -> dict:
-    """Write the primal and dual (unless in a store), the figures and the run record."""
-    from galdecon.run.record import CliFacts
-    from galdecon.science.figures import cost_curve
-    from galdecon.science.run_gallery import run_gallery
-
-    run = result.run_record
-    run.data.sha256 = (images.digests() if files.stored
-                       else {k: io.sha256(v) for k, v in names.items()})
-    run.cli = CliFacts(argv=list(argv), random_seed=args.random_seed, output_format=files.fmt)
-    run.outputs = {k: str(v) for k, v in files.paths.items()}
-    record = run.to_dict()
-    if files.fmt != "zarr":
-        header = {"GDMODE": files.settings.mode, "GDNITER": record["result"]["iterations"],
-                  "GDSIGMA": record["problem"]["noise_sigma"]}
-        io.write_array(files.paths["primal"], result.primal, files.fmt, header)
-        io.write_array(files.paths["dual"], result.dual, files.fmt, header)
-    if "plot" in files.paths:
-        cost_curve(record, files.paths["plot"])
-        run_gallery(record, files.paths["gallery"], where=files.paths["record"])
-    io.write_json(files.paths["record"], record)
-    return record
-
-
-def output_paths(stem: Path, fmt: str, plots: bool = True) -> dict[str, Path]:
-    """The files a deconvolution writes: npy/FITS files, or one chunked store (zarr)."""
-    if fmt != "zarr":
-        return io.output_paths(stem, fmt, plots=plots)
-    paths = {"store": stem.with_name(stem.name + ".zarr"),
-             "record": stem.with_name(stem.name + "_run.json")}
-    if plots:
-        paths["plot"] = stem.with_name(stem.name + "_cost.png")
-        paths["gallery"] = stem.with_name(stem.name + "_gallery.png")
-    return paths
-
-
-def check_checkpoint_dir(directory: Path, inputs, resume, overwrite: bool) -> None:
-    """Refuse a checkpoint directory that is an input, unwritable, or another run's."""
-    from galdecon.run import checkpoint
-
-    resolved = directory.resolve()
-    for spec in inputs:
-        if spec is not None and io.split_hdu(spec)[0].resolve() == resolved:
-            raise OutputError(f"{directory}: the checkpoint directory would be an input file")
-    if directory.exists() and not directory.is_dir():
-        raise OutputError(f"{directory}: exists and is not a directory; choose another "
-                          "--checkpoint")
-    parent = resolved if directory.is_dir() else resolved.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise OutputError(f"{directory}: checkpoint directory is not writable "
-                          f"({parent} is missing or read-only)")
-    ours = resume is not None and resume.path.resolve() == resolved
-    if (directory / checkpoint.STATE_FILE).exists() and not ours and not overwrite:
-        raise OutputError(f"{directory}: holds the checkpoint of another run; resume it with "
-                          f"--resume {directory}, or pass --overwrite to replace it")
 
 
 def signal_name(signum: int) -> str:

@@ -25,6 +25,9 @@ from galdecon.errors import ConfigError
 MODES = ("sparse", "lowr")
 DTYPES = ("float64", "float32")
 MAD_TO_SIGMA = 1.4826
+# Thresholds beyond a million noise sigmas remove every detail of any real image, and
+# products such as 1e300 x sigma x ||L|| overflow the cost: refused as typing errors.
+MAX_THRESH_FACTOR = 1e6
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,10 @@ class Settings:
                  "is computed every cost_window iterations")
         factors = np.atleast_1d(np.asarray(self.wave_thresh_factor, dtype=object)).ravel()
         if not all(isinstance(f, numbers.Real) and not isinstance(f, (bool, np.bool_))
-                   and np.isfinite(f) and f >= 0 for f in factors):
-            fail("wave_thresh_factor", self.wave_thresh_factor, "finite non-negative numbers")
+                   and np.isfinite(f) and 0 <= f <= MAX_THRESH_FACTOR for f in factors):
+            fail("wave_thresh_factor", self.wave_thresh_factor,
+                 f"numbers in [0, {MAX_THRESH_FACTOR:g}] (thresholds in units of the noise "
+                 "sigma)")
         factors = tuple(float(f) for f in factors)
         if len(factors) != self.n_scales - 1:
             fail("wave_thresh_factor", list(factors),
@@ -107,7 +112,8 @@ class Settings:
         real("relax", lambda v: 0 < v < 2, "a number in (0, 2)")
         real("condat_tau", lambda v: v > 0, "a positive number or 'auto'", allow=("auto",))
         real("condat_sigma", lambda v: v > 0, "a positive number or 'auto'", allow=("auto",))
-        real("lowr_thresh_factor", lambda v: v >= 0, "a finite number >= 0")
+        real("lowr_thresh_factor", lambda v: 0 <= v <= MAX_THRESH_FACTOR,
+             f"a number in [0, {MAX_THRESH_FACTOR:g}] (in units of the noise sigma)")
         real("noise_est", lambda v: v > 0, "a positive number", allow=(None,))
         if not isinstance(self.positivity, (bool, np.bool_)):
             fail("positivity", self.positivity, "True or False")
@@ -256,10 +262,50 @@ def make_problem(settings: Settings, n_images: int, shape, noise_sigma: float,
     else:
         lipschitz_l = 1.0
         lam = lowr_threshold(settings, noise_sigma, beta, n_images, shape)
+        if not np.isfinite(lam):  # e.g. noise_est=1e308: the SVT would fail on inf
+            raise ConfigError(
+                f"option lowr_thresh_factor={settings.lowr_thresh_factor!r}: the low-rank "
+                f"threshold (factor x sigma x sqrt(max(n + 1, p)) x beta, sigma = "
+                f"{noise_sigma:g}) is not finite; expected a smaller factor or noise_est")
+    check_noise(settings, noise_sigma)
     tau, sigma = step_sizes(settings, beta, lipschitz_l)
+    check_steps(tau, sigma, beta, lipschitz_l)
     return Problem(settings=settings, n_images=int(n_images), shape=shape,
                    noise_sigma=float(noise_sigma), beta=float(beta),
                    lipschitz_l=float(lipschitz_l), tau=tau, sigma=sigma, lowr_lambda=lam)
+
+
+def check_noise(settings: Settings, noise_sigma: float) -> None:
+    """Refuse a noise σ of zero or a non-finite one: every threshold is proportional to it."""
+    if np.isfinite(noise_sigma) and noise_sigma > 0:
+        return
+    if settings.noise_est is None:
+        raise ConfigError(
+            f"the noise estimate from the images' median absolute deviation is "
+            f"{noise_sigma:g} (at least half the pixels equal the median, e.g. integer or "
+            "padded stamps), so every threshold would vanish; give the noise sigma with "
+            "--noise-est SIGMA (noise_est= in the Python API)")
+    raise ConfigError(f"option noise_est={noise_sigma!r}: expected a finite number > 0")
+
+
+def check_steps(tau: float, sigma: float, beta: float, lipschitz_l: float) -> None:
+    r"""Refuse step sizes outside Condat's condition :math:`1/τ − σ\|L\|^2 ≥ β/2`.
+
+    Outside it the iteration is not guaranteed to converge and, with large τ, diverges
+    (a relative slack of 1e-12 accepts the 'auto' steps, which meet it with equality).
+    """
+    margin = 1.0 / tau - sigma * lipschitz_l - beta / 2.0
+    if margin >= -1e-12 * (1.0 / tau):
+        return
+    largest = 1.0 / (beta / 2.0 + sigma * lipschitz_l)
+    shown = float(f"{largest:.8g}")
+    if shown > largest:  # the value shown must itself be valid: round it down
+        shown = float(f"{largest * (1 - 5e-8):.8g}")
+    raise ConfigError(
+        f"option condat_tau={tau!r}: expected at most {shown:.8g} with condat_sigma="
+        f"{sigma:g}: the steps must satisfy 1/tau - sigma*||L||^2 >= beta/2 (here "
+        f"1/tau - sigma*||L||^2 = {1.0 / tau - sigma * lipschitz_l:.6g}, beta/2 = "
+        f"{beta / 2.0:.6g}, ||L||^2 = {lipschitz_l:.6g}); or give condat_tau 'auto'")
 
 
 def sparse_weights(psfs: np.ndarray, shape, settings: Settings, noise_sigma: float) -> np.ndarray:

@@ -29,7 +29,7 @@ from galdecon.core.solver import (
     sparse_iterate,
 )
 from galdecon.engines.base import Engine
-from galdecon.errors import ConfigError
+from galdecon.errors import ConfigError, DivergenceError
 
 log = logging.getLogger("galdecon")
 
@@ -221,6 +221,7 @@ class Driver:
             self.engine.release(snapshot)
             raise
         elapsed = time.perf_counter() - t0
+        self._check_finite(costs, mask, snapshot)
         trial = self.test.copy()
         done, converged = n_iter, False
         for j in range(n_iter):
@@ -250,6 +251,21 @@ class Driver:
                 self.history.costs.append(float(costs[j]))
         self.history.iteration_seconds.extend([elapsed / done] * done)
         return done, converged
+
+    def _check_finite(self, costs, mask, snapshot) -> None:
+        """Stop at a non-finite cost: a diverged run must never end as a result."""
+        bad = [j for j in range(len(costs)) if mask[j] and not np.isfinite(costs[j])]
+        if not bad:
+            return
+        self.engine.restore(snapshot)  # leave the last finite state (a checkpoint never
+        self.engine.release(snapshot)  # holds the diverged one)
+        iteration = self.position.done_total + bad[0] + 1
+        names = ("--noise-est, --wave-thresh-factor" if self.settings.mode == "sparse"
+                 else "--noise-est, --lowr-thresh-factor")
+        raise DivergenceError(
+            f"the cost at iteration {iteration} is {costs[bad[0]]} (not finite): the "
+            f"iteration diverged; check {names}, --condat-tau and --condat-sigma; no "
+            "output was written")
 
     @property
     def rounds(self) -> int:

@@ -120,10 +120,16 @@ def read_galaxies(spec: str, indices, default: str, stored: bool) -> np.ndarray:
         return np.concatenate([reader[i:i + 1] for i in indices])
 
 
-def _estimate(record: dict, indices, where: Path | None) -> np.ndarray:
+def _estimate(record: dict, indices, where: Path | None, located: dict) -> np.ndarray:
     """The primal of the galaxies shown, from the run's primal file or output store."""
     outputs = record["outputs"]
-    if "store" in outputs:
+    if located.get("store") is not None:
+        estimate = read_galaxies(f"{located['store']}[primal]", indices, "primal", stored=True)
+        spec = str(located["store"])
+    elif located.get("primal") is not None:  # the run's primal, in memory
+        spec = "the primal"
+        estimate = np.asarray(located["primal"])[list(indices)]
+    elif "store" in outputs:
         spec = _locate(outputs["store"], where, "output store", beside_only=True)
         estimate = read_galaxies(f"{spec}[primal]", indices, "primal", stored=True)
     elif "primal" in outputs:
@@ -139,7 +145,7 @@ def _estimate(record: dict, indices, where: Path | None) -> np.ndarray:
 
 
 def run_gallery(record: dict, path: Path, galaxies=None, where: Path | None = None,
-                verify: bool = False) -> Path:
+                verify: bool = False, located: dict | None = None) -> Path:
     """Draw the gallery of a run from the files its record names; write it to ``path``.
 
     Parameters
@@ -154,6 +160,9 @@ def run_gallery(record: dict, path: Path, galaxies=None, where: Path | None = No
         The record's file: names not found as written are looked for beside it.
     verify : bool
         Refuse inputs whose checksums differ from the record's (:func:`check_inputs`).
+    located : dict, optional
+        ``{'primal': array}`` or ``{'store': path}``: the run's outputs as they are now (a
+        run draws its gallery before it renames its outputs into place).
 
     Returns
     -------
@@ -174,7 +183,7 @@ def run_gallery(record: dict, path: Path, galaxies=None, where: Path | None = No
     # A store run without -p takes the PSFs from the images' store (its psfs array).
     psfs_spec = inputs["psfs"] or split_spec(inputs["images"], "images")[0]
     psfs = read_galaxies(psfs_spec, indices, "psfs", stored)
-    estimate = _estimate(record, indices, where)
+    estimate = _estimate(record, indices, where, located or {})
     settings = record["settings"]
     label = Path(where).name.removesuffix(RECORD_SUFFIX) if where is not None else ""
     title = (f"{label + ': ' if label else ''}galdecon {settings['mode']}, "

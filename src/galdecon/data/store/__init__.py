@@ -19,9 +19,11 @@ A store without its manifest is incomplete and is refused by :func:`open_store`.
 :func:`create_store` writes into a temporary sibling directory ``.NAME.zarr.tmp-XXXX`` and
 :meth:`StoreWriter.finalize` renames it onto ``NAME.zarr``, so a failed write never leaves
 anything under the final name, and ``overwrite=True`` replaces an old store only once the
-new one is complete. Object stores have no rename: a remote store is written in place and
-is complete only when its manifest appears (``overwrite=True`` deletes the old store,
-manifest first, before writing).
+new one is complete (with ``publish=False`` the finished store stays in its temporary
+directory, for the caller to rename together with the other files of a run: a
+:class:`~galdecon.data.outputset.OutputSet`). Object stores have no rename: a remote
+store is written in place and is complete only when its manifest appears
+(``overwrite=True`` deletes the old store, manifest first, before writing).
 
 Structured arrays (a simulation's catalogue) are stored as their raw little-endian records,
 ``(n, itemsize)`` bytes, with the numpy dtype in the manifest.

@@ -58,11 +58,13 @@ class StoreWriter:
     store is removed (:meth:`abort`) when the block raises before :meth:`finalize`.
     """
 
-    def __init__(self, where: Where, work: Where, provenance: dict, replace: bool):
+    def __init__(self, where: Where, work: Where, provenance: dict, replace: bool,
+                 publish: bool = True):
         self._where = where
         self._work = work
         self._provenance = provenance
         self._replace = replace
+        self._publish = publish
         self._arrays: dict[str, dict] = {}
         self._sums: dict[str, dict[int, str]] = {}
         self._zcache: dict = {}
@@ -90,6 +92,11 @@ class StoreWriter:
     def work_url(self) -> str:
         """Where the data are written until :meth:`finalize` (a temporary sibling locally)."""
         return self._work.root
+
+    @property
+    def work_path(self) -> Path | None:
+        """The local temporary directory (None for a remote store, written in place)."""
+        return self._work.local if self._where.local is not None else None
 
     def _check_open(self):
         if self._done:
@@ -237,7 +244,8 @@ class StoreWriter:
         Returns
         -------
         Store
-            The finished store, opened.
+            The finished store, opened (at :attr:`work_path` when made with
+            ``publish=False``: the caller renames it, with the other files of its set).
 
         Raises
         ------
@@ -264,6 +272,9 @@ class StoreWriter:
                     "arrays": arrays, "provenance": self._provenance}
         text = json.dumps(manifest, indent=1, default=json_default) + "\n"
         self._work.write_bytes(MANIFEST, text.encode("utf-8"))
+        if self._where.local is not None and not self._publish:
+            self._done = True  # complete; its owner renames or removes it from now on
+            return open_store(self._work.local)
         if self._where.local is not None:
             self._publish_local()
         self._done = True
@@ -308,7 +319,7 @@ class StoreWriter:
 
 
 def create_store(url, overwrite: bool = False, provenance: dict | None = None,
-                 storage_options: dict | None = None) -> StoreWriter:
+                 storage_options: dict | None = None, publish: bool = True) -> StoreWriter:
     """Start writing a new stack store at ``url``.
 
     Parameters
@@ -324,6 +335,11 @@ def create_store(url, overwrite: bool = False, provenance: dict | None = None,
         :func:`make_provenance`.
     storage_options : dict, optional
         Passed to the fsspec filesystem.
+    publish : bool
+        Rename the finished local store onto ``url`` in :meth:`StoreWriter.finalize`; False
+        leaves it, complete, in its temporary directory (:attr:`StoreWriter.work_path`) for
+        the caller to rename together with other files
+        (:class:`galdecon.data.outputset.OutputSet`). No effect on a remote store.
 
     Returns
     -------
@@ -372,7 +388,7 @@ def create_store(url, overwrite: bool = False, provenance: dict | None = None,
             where.remove(MANIFEST)  # readers refuse it from now on
             where.remove_tree()
         work = where
-    writer = StoreWriter(where, work, provenance, replace=overwrite)
+    writer = StoreWriter(where, work, provenance, replace=overwrite, publish=publish)
     try:
         writer._group = create_group(work)
     except Exception:
