@@ -6,10 +6,13 @@ import pytest
 
 import galdecon.core.operators.wavelet
 import galdecon.run.api
+import galdecon.science.gallery
 import galdecon.science.metrics
 
 
-@pytest.mark.parametrize("module", [galdecon.run.api, galdecon.science.metrics, galdecon.core.operators.wavelet])
+@pytest.mark.parametrize("module", [galdecon.run.api, galdecon.science.metrics,
+                                    galdecon.core.operators.wavelet,
+                                    galdecon.science.gallery])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0

@@ -75,8 +75,8 @@ def test_a_full_disk_leaves_no_output_and_the_next_run_succeeds(small):
     assert listing(small) == INPUTS
     rc, _, err = finished(galdecon_process(small, *args, "-q"))
     assert rc == 0, err
-    assert listing(small) == sorted(INPUTS + ["r_cost.png", "r_dual.npy", "r_gallery.png", "r_primal.npy",
-                                              "r_run.json"])
+    assert listing(small) == sorted(INPUTS + ["r_cost.png", "r_dual.npy", "r_gallery.png",
+                                              "r_primal.npy", "r_run.json"])
     assert np.load(small / "r_dual.npy").shape == (10, 3, 41, 41)
 
 
@@ -185,8 +185,8 @@ def test_concurrent_runs_on_one_stem_never_mix_their_outputs(small):
         a.send_signal(signal.SIGCONT)
     rc, _, err = finished(a)
     assert rc == 0, err
-    assert listing(small) == sorted(INPUTS + ["r_cost.png", "r_dual.npy", "r_gallery.png", "r_primal.npy",
-                                              "r_run.json"])  # the lock is gone too
+    assert listing(small) == sorted(INPUTS + ["r_cost.png", "r_dual.npy", "r_gallery.png",
+                                              "r_primal.npy", "r_run.json"])  # the lock is gone too
     record = json.loads((small / "r_run.json").read_text())
     assert record["cli"]["argv"] == ["deconvolve", *map(str, first)]
     assert record["data"]["sha256"]["images"] == io.sha256(small / "im.npy")
