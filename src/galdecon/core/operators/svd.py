@@ -90,8 +90,8 @@ def _gram_error(r: np.ndarray) -> float:
 def _start_block(r: np.ndarray, floor: float) -> np.ndarray:
     """Orthonormal right vectors of the Gram's eigenvalues above ``floor`` (p × b)."""
     k, p = r.shape
-    rows = k < p  # the smaller Gram: R Rᵀ (k × k) when R is wide
-    # syrk: Rᵀ R (trans=1 of Rᵀ... ) or R Rᵀ, one triangle (lower), which eigh reads.
+    rows = k < p  # the smaller Gram: R Rᵀ (k × k) when R is wide, else Rᵀ R (p × p)
+    # syrk computes one triangle (the lower, which eigh reads): half a general product.
     gram = blas.dsyrk(1.0, r, trans=0 if rows else 1, lower=1)
     _, vectors = scipy.linalg.eigh(gram, lower=True, driver="evr", check_finite=False,
                                    subset_by_value=(floor, np.inf))

@@ -46,8 +46,8 @@ def map_partition(index, tiles, fn, results, generation, scatter_id, combine=Non
     """Replace every tile by ``fn(tile)[0]``; the ``[1]`` parts go to ``results``.
 
     With ``combine`` they are folded as the tiles are done, and only the partition's
-    value goes, ``finish``-ed (a TSQR factor: one triangle, whatever the tiles). The operators built for
-    a tile are remembered across maps (:data:`OPERATORS`).
+    value goes, ``finish``-ed (a TSQR factor: one triangle, whatever the tiles). The
+    operators built for a tile are remembered across maps (:data:`OPERATORS`).
     """
     prepare_worker()
     values, total = [], None
