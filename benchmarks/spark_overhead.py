@@ -1,15 +1,23 @@
 """Time per iteration: the local engine against Spark ``local[2]``, over partitions and K.
 
-Sparse mode on n random galaxy stamps (positive elliptical blobs plus noise, convolved by
-normalised elliptical Gaussian PSFs of random widths), 41×41 by default. For each
-synchronisation interval K the local engine runs once; Spark runs for every partition count
-N, all in one SparkSession, between two local runs (the local time is their median, so
-the ratio compares runs made under similar load on a shared machine). A run is one
-warm-up sync followed by ``--syncs`` timed syncs; the table shows the median seconds per
-iteration over the timed syncs and the ratio Spark / local at the same K.
+n random galaxy stamps (positive elliptical blobs plus noise, convolved by normalised
+elliptical Gaussian PSFs of random widths), 41×41 by default, all in one SparkSession.
+
+Sparse mode: for each synchronisation interval K the local engine runs once; Spark runs for
+every partition count N, between two local runs (the local time is their median, so the
+ratio compares runs made under similar load on a shared machine). A run is one warm-up
+sync followed by ``--syncs`` timed syncs; the table shows the median seconds per iteration
+over the timed syncs and the ratio Spark / local at the same K.
+
+Low rank (one synchronisation per iteration: one map and one TSQR reduction): the same
+bracketing for every N, one warm-up iteration then ``--lowr-iterations`` timed ones. With
+``--store-n``, a run on Spark reading a chunked store of that many stamps (written first,
+chunk by chunk) is timed too and compared with the n-stamp Spark and local times.
 
     python benchmarks/spark_overhead.py                      # n=10,000, N∈{2,4,8,32}, K∈{1,4,16}
     python benchmarks/spark_overhead.py -n 1000 --partitions 2 4 --sync 1 4 --syncs 2
+    python benchmarks/spark_overhead.py --modes lowr --partitions 1 2 4 --store-n 100000 \
+        --driver-memory 16g
 """
 
 from __future__ import annotations
@@ -17,14 +25,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import scipy.fft as sfft
 
 from galdecon.bench.suite import iteration_stats, timed_run, timing_settings
+from galdecon.data.sources import StoreStack
 from galdecon.engines.local import LocalEngine
 from galdecon.engines.spark.engine import SparkEngine
+from galdecon.run.driver import Driver
 
 
 def make_stack(n: int, size: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -60,14 +72,105 @@ def seconds_per_iteration(engine, images, psfs, sync: int, syncs: int) -> float:
     return iteration_stats(run, warm_up=sync)["median_s"]
 
 
+def lowr_seconds(engine, images, psfs, iterations: int) -> float:
+    """Median seconds per low-rank iteration over ``iterations`` after one warm-up."""
+    run = timed_run(engine, images, psfs, timing_settings("lowr", iterations + 1), 1)
+    return iteration_stats(run, warm_up=1)["median_s"]
+
+
+def store_lowr_seconds(spark, n: int, size: int, iterations: int, partitions, block_size,
+                       chunk: int, directory) -> tuple[float, int]:
+    """Median seconds per low-rank iteration of a Spark run on a chunked store of n stamps."""
+    from store_scale import write_input
+
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        store = Path(tmp) / "in.zarr"
+        write_input(store, n, chunk)
+        source = StoreStack.open(str(store))
+        with SparkEngine(spark=spark, partitions=partitions, block_size=block_size) as engine:
+            engine.scatter_source(source, n)
+            driver = Driver(engine, timing_settings("lowr", iterations + 1), n, (size, size))
+            driver.setup()
+            seconds = driver.run().iteration_seconds[1:]
+            return statistics.median(seconds), engine.n_partitions
+
+
+def sparse_table(args, session_engine, local_engine, images, psfs) -> None:
+    local, spark_times = {}, {}
+    for sync in args.sync:
+        # Local runs bracket the Spark runs of the same K: the machine may be shared,
+        # and the ratio should compare times taken under the same load.
+        before = seconds_per_iteration(local_engine, images, psfs, sync, args.syncs)
+        for parts in args.partitions:
+            with SparkEngine(spark=session_engine.spark, partitions=parts,
+                             block_size=args.block_size or None) as engine:
+                spark_times[parts, sync] = seconds_per_iteration(engine, images, psfs,
+                                                                 sync, args.syncs)
+            print(f"  spark N={parts} K={sync}: {spark_times[parts, sync]:.3f} s/it",
+                  flush=True)
+        after = seconds_per_iteration(local_engine, images, psfs, sync, args.syncs)
+        local[sync] = statistics.median([before, after])
+        print(f"  local K={sync}: {before:.3f} and {after:.3f} s/it", flush=True)
+    head = "".join(f" | K={k:<3d} s/it  ratio" for k in args.sync)
+    print("\nsparse\n| engine     " + head + " |")
+    print("|------------" + "|--------------------" * len(args.sync) + "|")
+    print("| local      " + "".join(f" | {local[k]:8.3f}   1.00 " for k in args.sync) + " |")
+    for parts in args.partitions:
+        cells = "".join(f" | {spark_times[parts, k]:8.3f} {spark_times[parts, k] / local[k]:6.2f} "
+                        for k in args.sync)
+        print(f"| spark N={parts:<3d}" + cells + " |")
+    best = min(spark_times, key=lambda key: spark_times[key] / local[key[1]])
+    print(f"\nbest: N={best[0]} K={best[1]}, ratio {spark_times[best] / local[best[1]]:.2f}\n")
+
+
+def lowr_table(args, session_engine, local_engine, images, psfs) -> None:
+    iterations = args.lowr_iterations
+    before = lowr_seconds(local_engine, images, psfs, iterations)
+    spark_times = {}
+    for parts in args.partitions:
+        with SparkEngine(spark=session_engine.spark, partitions=parts,
+                         block_size=args.block_size or None) as engine:
+            spark_times[parts] = lowr_seconds(engine, images, psfs, iterations)
+        print(f"  low rank spark N={parts}: {spark_times[parts]:.3f} s/it", flush=True)
+    after = lowr_seconds(local_engine, images, psfs, iterations)
+    local = statistics.median([before, after])
+    print(f"  low rank local: {before:.3f} and {after:.3f} s/it", flush=True)
+    print(f"\nlow rank, n={args.n_images}\n| engine      |     s/it | ratio |")
+    print("|-------------|---------:|------:|")
+    print(f"| local       | {local:8.3f} |  1.00 |")
+    for parts in args.partitions:
+        print(f"| spark N={parts:<3d} | {spark_times[parts]:8.3f} | "
+              f"{spark_times[parts] / local:5.2f} |")
+    best = min(spark_times, key=spark_times.get)
+    print(f"\nbest: N={best}, ratio {spark_times[best] / local:.2f}")
+    if args.store_n:
+        seconds, parts = store_lowr_seconds(session_engine.spark, args.store_n, args.size,
+                                            iterations, args.store_partitions,
+                                            args.block_size or None, args.chunk, args.dir)
+        print(f"store run n={args.store_n} (Spark, N={parts}): {seconds:.3f} s/it, "
+              f"{seconds / spark_times[best]:.2f}x the n={args.n_images} Spark time "
+              f"(N={best}), {seconds / local:.2f}x the local time", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--n-images", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=41, help="stamp size (odd)")
+    parser.add_argument("--modes", nargs="+", choices=("sparse", "lowr"),
+                        default=["sparse", "lowr"])
     parser.add_argument("--partitions", type=int, nargs="+", default=[2, 4, 8, 32])
     parser.add_argument("--sync", type=int, nargs="+", default=[1, 4, 16],
-                        help="iterations per synchronisation K")
-    parser.add_argument("--syncs", type=int, default=3, help="timed syncs per run")
+                        help="iterations per synchronisation K (sparse)")
+    parser.add_argument("--syncs", type=int, default=3, help="timed syncs per run (sparse)")
+    parser.add_argument("--lowr-iterations", type=int, default=3,
+                        help="timed low-rank iterations per run")
+    parser.add_argument("--store-n", type=int, default=0,
+                        help="also time low rank on Spark from a chunked store of this many "
+                             "stamps (0: not)")
+    parser.add_argument("--store-partitions", type=int, default=None,
+                        help="partitions of the store run (default: the engine's)")
+    parser.add_argument("--chunk", type=int, default=1000, help="galaxies per store chunk")
+    parser.add_argument("--dir", default=None, help="where the store is written (temp)")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--driver-memory", default="6g")
     parser.add_argument("--block-size", type=int, default=64,
@@ -76,45 +179,22 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     images, psfs = make_stack(args.n_images, args.size, np.random.default_rng(args.seed))
-    print(f"n={args.n_images} stamps {args.size}x{args.size}, sparse mode, "
-          f"{args.syncs} timed syncs after 1 warm-up; seconds per iteration (median)",
-          flush=True)
+    print(f"n={args.n_images} stamps {args.size}x{args.size}, modes {' '.join(args.modes)}; "
+          f"seconds per iteration (median)", flush=True)
 
     t0 = time.perf_counter()
     session_engine = SparkEngine(master=args.master, driver_memory=args.driver_memory)
     print(f"  Spark session started in {time.perf_counter() - t0:.1f} s "
           f"({session_engine.facts()['spark_version']})", flush=True)
     local_engine = LocalEngine()
-    local, spark_times = {}, {}
     try:
-        for sync in args.sync:
-            # Local runs bracket the Spark runs of the same K: the machine may be shared,
-            # and the ratio should compare times taken under the same load.
-            before = seconds_per_iteration(local_engine, images, psfs, sync, args.syncs)
-            for parts in args.partitions:
-                with SparkEngine(spark=session_engine.spark, partitions=parts,
-                                 block_size=args.block_size or None) as engine:
-                    spark_times[parts, sync] = seconds_per_iteration(engine, images, psfs,
-                                                                     sync, args.syncs)
-                print(f"  spark N={parts} K={sync}: {spark_times[parts, sync]:.3f} s/it",
-                      flush=True)
-            after = seconds_per_iteration(local_engine, images, psfs, sync, args.syncs)
-            local[sync] = statistics.median([before, after])
-            print(f"  local K={sync}: {before:.3f} and {after:.3f} s/it", flush=True)
+        if "sparse" in args.modes:
+            sparse_table(args, session_engine, local_engine, images, psfs)
+        if "lowr" in args.modes:
+            lowr_table(args, session_engine, local_engine, images, psfs)
     finally:
         session_engine.close()
         local_engine.close()
-
-    head = "".join(f" | K={k:<3d} s/it  ratio" for k in args.sync)
-    print("\n| engine     " + head + " |")
-    print("|------------" + "|--------------------" * len(args.sync) + "|")
-    print("| local      " + "".join(f" | {local[k]:8.3f}   1.00 " for k in args.sync) + " |")
-    for parts in args.partitions:
-        cells = "".join(f" | {spark_times[parts, k]:8.3f} {spark_times[parts, k] / local[k]:6.2f} "
-                        for k in args.sync)
-        print(f"| spark N={parts:<3d}" + cells + " |")
-    best = min(spark_times, key=lambda key: spark_times[key] / local[key[1]])
-    print(f"\nbest: N={best[0]} K={best[1]}, ratio {spark_times[best] / local[best[1]]:.2f}")
     return 0
 
 

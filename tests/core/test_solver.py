@@ -12,8 +12,7 @@ from galdecon.core.solver import (
     Block,
     ConvergenceTest,
     OperatorCache,
-    lowr_begin,
-    lowr_finish,
+    lowr_step,
     reweight,
     sparse_iterate,
 )
@@ -295,36 +294,45 @@ def test_one_low_rank_iteration_matches_the_algorithm(small_stack, dtype, kind):
     block, problem = make_block(images, psfs, settings, noise_sigma=3e-4)
     assert block.dual.shape == images.shape and block.weights is None
     x0, y0 = block.primal.astype(np.float64), block.dual.astype(np.float64)
-    begun = lowr_begin(block, problem)
-    x_tilde, y_tilde = begun.pending
     tau, sig, rho = problem.tau, problem.sigma, settings.relax
+    # begin (a settled block): x̃, ỹ pending, and the relaxed x with its cost at once
+    begun, cost = lowr_step(block, problem, want_cost=True)
+    assert begun.dual is block.dual  # y_k is only known once the global step is done
     expected_x = np.array([
         np.maximum(x0[i] - tau * conv_ref(conv_ref(x0[i], psfs[i], "periodic") - images[i],
                                           psfs[i], "periodic", adjoint=True) - tau * y0[i], 0)
         for i in range(4)])
-    np.testing.assert_allclose(x_tilde, expected_x, rtol=0, atol=10 * RTOL[dtype])
+    y_tilde = begun.pending
+    assert y_tilde.dtype == dtype
     np.testing.assert_allclose(y_tilde, y0 + sig * (2 * expected_x - x0), rtol=0,
                                atol=10 * RTOL[dtype])
+    x1 = rho * expected_x + (1 - rho) * x0
+    np.testing.assert_allclose(begun.primal, x1, rtol=0, atol=10 * RTOL[dtype])
+    fidelity = sum(0.5 * np.sum((images[i] - conv_ref(x1[i], psfs[i], "periodic")) ** 2)
+                   for i in range(4))
+    assert cost == pytest.approx(fidelity, rel=10 * RTOL[dtype])
+    assert np.isnan(lowr_step(block, problem)[1])
 
-    # the global SVT of ỹ (p × n, one column per galaxy), threshold λ, as the engine does it
+    # finish with the global SVT of ỹ (p × n, one column per galaxy), threshold λ
     matrix = y_tilde.reshape(4, -1).T.astype(np.float64)
     u, s, _ = np.linalg.svd(matrix, full_matrices=False)
     threshold = 0.5 * (s[0] + s[1])  # keep exactly one component
     shrunk = (s[0] - threshold) if kind == "soft" else s[0]
-    basis, scale = u[:, :1], np.array([shrunk / s[0]])
-    done, cost = lowr_finish(begun, problem, basis, scale, want_cost=True)
-    assert done.pending is None
-    assert done.primal.dtype == dtype and done.dual.dtype == dtype
+    factors = (u[:, :1], np.array([shrunk / s[0]]))
+    done, no_cost = lowr_step(begun, problem, factors, begin=False)
+    assert done.pending is None and np.isnan(no_cost)
+    assert done.primal is begun.primal and done.dual.dtype == dtype
     y_hat = matrix - svt(matrix, threshold, kind)
     expected_y = rho * y_hat.T.reshape(images.shape) + (1 - rho) * y0
     np.testing.assert_allclose(done.dual, expected_y, rtol=0, atol=10 * RTOL[dtype])
-    x1 = rho * expected_x + (1 - rho) * x0
-    np.testing.assert_allclose(done.primal, x1, rtol=0, atol=10 * RTOL[dtype])
-    fidelity = sum(0.5 * np.sum((images[i] - conv_ref(x1[i], psfs[i], "periodic")) ** 2)
-                   for i in range(4))
-    assert cost == pytest.approx(fidelity, rel=10 * RTOL[dtype])
-    _, no_cost = lowr_finish(begun, problem, basis, scale, want_cost=False)
-    assert np.isnan(no_cost)
+    # one fused step (finish k, begin k + 1) is exactly the two, one after the other
+    fused, fused_cost = lowr_step(begun, problem, factors, want_cost=True)
+    again, again_cost = lowr_step(done, problem, want_cost=True)
+    for name in ("primal", "dual", "pending"):
+        np.testing.assert_array_equal(getattr(fused, name), getattr(again, name))
+    assert fused_cost == again_cost
+    with pytest.raises(ValueError, match="factors"):
+        lowr_step(begun, problem)
 
 
 def test_block_pickles_without_cached_operators(small_stack):

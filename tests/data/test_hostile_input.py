@@ -828,9 +828,11 @@ def test_estimate_counts_the_arrays_of_a_run():
     assert no_reweight["parts"]["weights"] == n * 3 * 8
     lowr = preflight.estimate_bytes(n, shape, (5, 5), False, "lowr", 3, "float64", threads=1)
     assert lowr["parts"]["state"] == 2 * n * p * 8
-    assert lowr["parts"]["low_rank_matrix"] == n * p * 8 + 2 * n * n * 8  # n < p: rows form
+    # n < p: the rows joined once (no QR), the SVD's factor, vectors and work
+    assert lowr["parts"]["low_rank_matrix"] == n * p * 8 + 3 * n * p * 8
     many = preflight.estimate_bytes(100, shape, (5, 5), False, "lowr", 3, "float64", threads=1)
-    assert many["parts"]["low_rank_matrix"] == 100 * p * 8 + 2 * p * p * 8  # p × p Gram
+    # n > p: 100 rows stacked and copied for one QR at the end; the SVD of the p × p R
+    assert many["parts"]["low_rank_matrix"] == 2 * 100 * p * 8 + 3 * p * p * 8
     f32 = preflight.estimate_bytes(n, shape, (5, 5), True, "sparse", 3, "float32", threads=1)
     assert f32["parts"]["state"] == est["parts"]["state"] // 2 and f32["parts"]["psfs"] == 100
     spark = preflight.estimate_bytes(10**6, (41, 41), (41, 41), False, "sparse", 3, "float64",

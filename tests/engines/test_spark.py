@@ -19,6 +19,7 @@ import pytest
 
 from galdecon.core.lowrank import low_rank_factors, nuclear_norm
 from galdecon.core.noise import noise_sigma
+from galdecon.core.operators.prox import svt
 from galdecon.core.problem import Settings, mad_sigma
 from galdecon.core.solver import operators, sparse_iterate
 from galdecon.engines.local import LocalEngine
@@ -171,10 +172,15 @@ def test_noise_sigma_is_exact_with_ties(spark_session, monkeypatch, shape, colle
     assert noise_sigma(engine) == mad_sigma(images)
 
 
-def test_gram_path_matches_local(spark_session):
-    # n > p: the per-block p×p Grams are tree-aggregated (the example has n < p).
+def test_tsqr_factors_match_local_and_numpy(spark_session):
+    # n > p: partitions fold their tiles' rows into R factors (every 3p = 75 rows), the
+    # driver merges the partitions' triangles. Before issue 14 these were p × p Grams,
+    # tree-aggregated through Spark's shuffle (written to disk at every level).
     rng = np.random.default_rng(3)
-    images = rng.normal(size=(90, 5, 5)) + rng.normal(size=(1, 5, 5)) * 3
+    u = np.linalg.qr(rng.normal(size=(90, 25)))[0]
+    v = np.linalg.qr(rng.normal(size=(25, 25)))[0]
+    values = 10 * np.logspace(0, -9, 25)
+    images = ((u * values) @ v.T).reshape(90, 5, 5)
     psfs = np.full((3, 3), 1 / 9)
     spark = spark_engine(spark_session, partitions=7, block_size=4)
     local = LocalEngine(threads=1)
@@ -184,16 +190,17 @@ def test_gram_path_matches_local(spark_session):
     def getter(block):
         return block.images
 
-    assert nuclear_norm(spark, getter, 90, 25) == pytest.approx(
-        nuclear_norm(local, getter, 90, 25), rel=1e-12)
-    values = np.linalg.svd(images.reshape(90, -1), compute_uv=False)
-    threshold = 0.5 * (values[3] + values[4])  # keeps exactly four components
-    projectors = []
     for engine in (spark, local):
-        basis, scale = low_rank_factors(engine, getter, 90, 25, threshold, "hard")
-        assert basis.shape == (25, 4)
-        projectors.append((basis * scale) @ basis.T)
-    np.testing.assert_allclose(projectors[0], projectors[1], rtol=0, atol=1e-12)
+        assert nuclear_norm(engine, getter) == pytest.approx(values.sum(), rel=1e-13)
+    threshold = float(np.sqrt(values[3] * values[4]))  # keeps exactly four components
+    rows = images.reshape(90, -1)
+    for engine in (spark, local):
+        for kind in ("hard", "soft"):
+            basis, scale = low_rank_factors(engine, getter, threshold, kind)
+            assert basis.shape == (25, 4)
+            out = (basis * scale) @ basis.T
+            ref = svt(rows, threshold, kind)
+            assert np.linalg.norm(rows @ out - ref) <= 1e-12 * np.linalg.norm(ref)
 
 
 # -- whole runs: Spark equals local ------------------------------------------------------
@@ -232,10 +239,13 @@ def test_reweighting_round_equals_local(spark_session, example):
     assert engine.gather("weights").shape == (100, 3, 41, 41)  # per-pixel after reweighting
 
 
-@pytest.mark.parametrize("partitions", [1, 3, 7, 100])
-def test_low_rank_equals_local(spark_session, example, partitions):
+@pytest.mark.parametrize(("partitions", "kind"), [(1, "hard"), (3, "hard"), (7, "hard"),
+                                               (100, "hard"), (3, "soft"), (7, "soft")])
+def test_low_rank_equals_local(spark_session, example, partitions, kind):
+    # One map and one reduction per iteration (map_reduce): each partition folds its
+    # tiles' TSQR factors, the driver merges the partitions'.
     images, psfs = example
-    settings = Settings(mode="lowr", n_iter=12, tolerance=0.0)
+    settings = Settings(mode="lowr", n_iter=12, tolerance=0.0, lowr_thresh_type=kind)
     engine = spark_engine(spark_session, partitions=partitions)
     spark_run = deconvolve(engine, images, psfs, settings)
     assert_same_run(spark_run, deconvolve(matching_local(engine), images, psfs, settings))

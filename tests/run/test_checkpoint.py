@@ -151,6 +151,37 @@ def test_corrupt_or_foreign_checkpoints_are_refused(stack, tmp_path):
         checkpoint.load(tmp_path / "ck")
 
 
+def test_low_rank_checkpoint_holds_the_iteration_begun(stack, references, tmp_path):
+    # Between two synchronisations a low-rank run holds x_k, y_{k-1} and the pending ỹ_k
+    # (one map per iteration finishes k and begins k + 1). The checkpoint saves the three
+    # (format version 2; version 1 never holds a pending ỹ and is still resumed).
+    images, psfs = stack
+    stop, progress = stop_after(7)
+    with pytest.raises(RunInterrupted):
+        galdecon.deconvolve(images, psfs, progress=progress, stop=stop,
+                            checkpoint=tmp_path / "ck", **LOWR)
+    saved = checkpoint.load(tmp_path / "ck")
+    assert saved.meta["version"] == checkpoint.VERSION == 2
+    assert saved.meta["arrays"] == ["dual", "pending", "primal"]
+    assert saved.meta["driver"]["lowr_pending"] is True
+    arrays = saved.arrays()
+    assert arrays["pending"].shape == arrays["dual"].shape == images.shape
+    assert not np.array_equal(arrays["pending"], arrays["dual"])
+    # a version-1 document of a settled state is accepted; an unknown version is not
+    state = tmp_path / "ck" / checkpoint.STATE_FILE
+    for version, readable in [(1, True), (3, False)]:
+        meta = dict(saved.meta, version=version)
+        with open(state, "wb") as handle:
+            np.savez(handle, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                     **arrays)
+        if readable:
+            assert checkpoint.load(tmp_path / "ck").meta["version"] == 1
+        else:
+            with pytest.raises(InputError, match="version 3; this galdecon resumes "
+                                                 "versions 1, 2"):
+                checkpoint.load(tmp_path / "ck")
+
+
 def test_a_failed_checkpoint_write_keeps_the_previous_one(stack, tmp_path, monkeypatch):
     images, psfs = stack
     calls = []

@@ -1,72 +1,110 @@
-r"""The global low-rank step's reductions: SVT factors and the nuclear norm, on any engine.
+r"""The global low-rank step's reductions on any engine: TSQR factors, SVT, nuclear norm.
 
-With :math:`M` the :math:`p \times n` matrix of one column per galaxy, every engine hands
-:func:`~galdecon.core.operators.prox.svt_factors` the same exact form of the data
-(:func:`~galdecon.core.operators.prox.low_rank_form`): the rows :math:`M^T` joined in
-galaxy order when n < p, else :math:`G = M M^T` as the sum of the blocks' Grams. Both are
-one ``engine.reduce``; the Gram sum asks for a tree (a distributed engine then adds the
-p × p matrices among its workers instead of on the driver).
+With :math:`M^T` the n × p matrix of one row per galaxy, every block contributes its rows
+as an :class:`~galdecon.core.tsqr.RFactor`; the factors are merged over the blocks (one
+``engine.reduce(..., tree=True)``, or inside the iteration's own map:
+``engine.map_reduce``) and the final R, at most p × p, gives the singular values and right
+singular vectors of the whole matrix to the accuracy of a Householder QR. Every engine then
+calls the same :func:`~galdecon.core.operators.prox.svt_factors` and
+:func:`~galdecon.core.operators.prox.nuclear_norm_of` on it.
+
+One synchronisation per iteration carries a :class:`LowRankShare`: the fidelity part of
+the cost, the factor of ỹ (for the threshold) and, on the iterations whose cost the
+convergence test uses, the factor of the relaxed x (for the nuclear norm).
 """
 
 from __future__ import annotations
 
-import operator
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 
-from galdecon.core.operators.prox import gram, low_rank_form, nuclear_norm_of, svt_factors
+from galdecon.core.operators.prox import nuclear_norm_of, svt_factors
+from galdecon.core.tsqr import RFactor, merge, tsqr_bytes
 
 
-def block_rows(block, getter) -> list:
-    """``[Mᵀ rows of one block]``: ``getter(block)``, one row per galaxy (a view)."""
-    # Left in the working dtype: the join casts to float64 once, without block copies.
-    return [getter(block).reshape(block.size, -1)]
+@dataclass
+class LowRankShare:
+    """What some blocks contribute to one low-rank synchronisation.
 
-
-def block_gram(block, getter) -> np.ndarray:
-    """The p × p Gram of one block's ``getter(block)`` (float64)."""
-    return gram(getter(block))
-
-
-def low_rank_data(engine, getter, n_images: int, n_pixels: int) -> tuple[str, np.ndarray]:
-    """Return ``(form, matrix)``: the exact form of the data for :func:`svt_factors`.
-
-    Parameters
+    Attributes
     ----------
-    engine : Engine
-        Holds the blocks; only its ``reduce`` is used.
-    getter : callable
-        ``getter(block)`` is the block's (m, N0, N1) share of the matrix (module-level, so
-        it pickles by reference).
-    n_images, n_pixels : int
-        The matrix's n (galaxies) and p (pixels per galaxy).
+    cost : float
+        Their data-fidelity share of the cost at the relaxed x (NaN when not wanted).
+    dual : RFactor
+        The TSQR factor of their ỹ rows (the next threshold).
+    primal : RFactor or None
+        The factor of their relaxed x rows (the nuclear norm of the cost), when wanted.
     """
-    if low_rank_form(int(n_images), int(n_pixels)) == "rows":
-        rows = engine.reduce(partial(block_rows, getter=getter), operator.add)
-        return "rows", np.concatenate(rows, axis=0, dtype=np.float64)
-    return "gram", engine.reduce(partial(block_gram, getter=getter), operator.add, tree=True)
+
+    cost: float
+    dual: RFactor
+    primal: RFactor | None = None
 
 
-def low_rank_factors(engine, getter, n_images: int, n_pixels: int, threshold: float,
+def share_of(block, cost: float, want_cost: bool) -> LowRankShare:
+    """The share of a block that has just begun an iteration (``pending`` holds ỹ)."""
+    primal = RFactor.of_rows(block.primal) if want_cost else None
+    return LowRankShare(float(cost), RFactor.of_rows(block.pending), primal)
+
+
+def combine_shares(first: LowRankShare, second: LowRankShare) -> LowRankShare:
+    """The share of both (commutative up to rounding; the engines' tree combine)."""
+    return LowRankShare(first.cost + second.cost, first.dual.merged(second.dual),
+                        merge(first.primal, second.primal))
+
+
+def fold_share(share: LowRankShare) -> LowRankShare:
+    """The share of a group of blocks, its factors compacted there
+    (:meth:`~galdecon.core.tsqr.RFactor.compacted`)."""
+    primal = None if share.primal is None else share.primal.compacted()
+    return LowRankShare(share.cost, share.dual.compacted(), primal)
+
+
+def fold_factor(factor: RFactor) -> RFactor:
+    """:meth:`RFactor.compacted` as a module-level function (it pickles by reference)."""
+    return factor.compacted()
+
+
+def block_factor(block, getter) -> RFactor:
+    """The (lazy) TSQR factor of ``getter(block)``: one row per galaxy."""
+    return RFactor.of_rows(getter(block))
+
+
+def merge_factors(first: RFactor, second: RFactor) -> RFactor:
+    """:meth:`RFactor.merged` as a module-level function (it pickles by reference)."""
+    return first.merged(second)
+
+
+def factor_of(engine, getter) -> RFactor:
+    """The TSQR factor of the matrix with one row ``getter(block)[i]`` per galaxy.
+
+    ``getter`` is module-level, so it pickles by reference. The engine folds the blocks as
+    :meth:`~galdecon.engines.base.Engine.map_reduce` does, so a factor recomputed from
+    saved blocks equals the one the iteration produced.
+    """
+    return engine.reduce(partial(block_factor, getter=getter), merge_factors, tree=True,
+                         finish=fold_factor)
+
+
+def low_rank_factors(engine, getter, threshold: float,
                      kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(basis, scale)`` of the global SVT of the matrix of ``getter(block)``."""
-    return svt_factors(*low_rank_data(engine, getter, n_images, n_pixels), threshold, kind)
+    return svt_factors(factor_of(engine, getter).matrix(), threshold, kind)
 
 
-def nuclear_norm(engine, getter, n_images: int, n_pixels: int) -> float:
-    """Return the nuclear norm of the matrix with one column ``getter(block)[i]`` per galaxy."""
-    return nuclear_norm_of(*low_rank_data(engine, getter, n_images, n_pixels))
+def nuclear_norm(engine, getter) -> float:
+    """Return the nuclear norm of the matrix with one row ``getter(block)[i]`` per galaxy."""
+    return nuclear_norm_of(factor_of(engine, getter).matrix())
 
 
-def low_rank_bytes(n_images: int, n_pixels: int) -> int:
-    """Bytes of one low-rank reduction at its peak (nothing is allocated).
+def low_rank_bytes(n_images: int, n_pixels: int, groups: int = 1) -> int:
+    """Bytes of one low-rank synchronisation at its peak (nothing is allocated).
 
-    The n × p float64 rows, plus the n × n or p × p Gram and its eigen-decomposition
-    (:func:`~galdecon.core.operators.prox.low_rank_form`). In the Gram form the rows are
-    never joined, so this bounds the blocks' Grams in flight from above.
+    The TSQR folds of ỹ and x in ``groups`` (threads or Python workers,
+    :func:`~galdecon.core.tsqr.tsqr_bytes`), then the SVD of the final factor on the
+    driver: the factor, its vectors and LAPACK's work (min(n, p) × p each, float64).
     """
     n, p = int(n_images), int(n_pixels)
-    gram_size = n * n if low_rank_form(n, p) == "rows" else p * p
-    return n * p * 8 + 2 * gram_size * 8
-
+    return tsqr_bytes(n, p, groups) + 3 * min(n, p) * p * 8

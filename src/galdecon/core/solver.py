@@ -55,8 +55,9 @@ class Block:
         Sparse weights W, shape (m, J) or, after reweighting, (m, J, N0, N1).
     weights0 : ndarray or None
         Initial sparse weights W⁰, shape (m, J).
-    pending : tuple or None
-        Low rank only: (x̃, ỹ) between the two halves of an iteration.
+    pending : ndarray or None
+        Low rank only: ỹ of the iteration begun, shape (m, N0, N1), until the global
+        threshold finishes it (:func:`lowr_step`).
     """
 
     start: int
@@ -66,7 +67,7 @@ class Block:
     dual: np.ndarray
     weights: np.ndarray | None = None
     weights0: np.ndarray | None = None
-    pending: tuple | None = None
+    pending: np.ndarray | None = None
     _ops: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __getstate__(self):
@@ -277,10 +278,38 @@ def _l1_weighted_into(weights: np.ndarray, coeffs: np.ndarray, work: np.ndarray)
     return float(np.sum(work.sum(axis=(2, 3)), dtype=np.float64))
 
 
-def lowr_begin(block: Block, problem: Problem) -> Block:
-    """First half of a low-rank iteration: x̃ and ỹ = y + σ(2x̃ − x), kept as ``pending``."""
-    ops = operators(block, problem)
-    fidelity = ops["fidelity"]
+def lowr_step(block: Block, problem: Problem, factors=None, begin: bool = True,
+              want_cost: bool = False) -> tuple[Block, float]:
+    """One low-rank synchronisation on a block: finish iteration k, then begin k + 1.
+
+    Between synchronisations a block holds x_k (``primal``, final), y_{k−1} (``dual``) and
+    ỹ_k (``pending``): only the SVT of ỹ_k is global. Given its ``factors`` (``(basis,
+    scale)`` from the previous synchronisation) the iteration is finished,
+    ŷ = ỹ_k − SVT(ỹ_k) and y_k = ρŷ + (1−ρ)y_{k−1}. With ``begin`` the next one starts,
+    x̃ = max(x_k − τ(Hᵀ(Hx_k − Y) + y_k), 0), ỹ_{k+1} = y_k + σ(2x̃ − x_k) and
+    x_{k+1} = ρx̃ + (1−ρ)x_k: the relaxed primal needs no global step, so its cost is
+    known at the same synchronisation as ỹ_{k+1}'s factors. A settled block
+    (``pending`` None: after the set-up, or finished without ``begin``) only begins.
+
+    Returns
+    -------
+    block : Block
+        The new block (the input is unchanged).
+    cost : float
+        With ``begin`` and ``want_cost``: the data-fidelity share of the cost at
+        x_{k+1} (the nuclear norm is global and added by the driver); NaN otherwise.
+    """
+    rho = problem.settings.relax
+    if block.pending is not None:
+        if factors is None:
+            raise ValueError("a pending low-rank block needs the SVT factors to finish")
+        basis, scale = factors
+        y_tilde = block.pending
+        dual = y_tilde - apply_svt(y_tilde, basis, scale)
+        block = block.evolve(dual=_relax(dual, block.dual, rho), pending=None)
+    if not begin:
+        return block, np.nan
+    fidelity = operators(block, problem)["fidelity"]
     tau, sigma = problem.tau, problem.sigma
     x, y = block.primal, block.dual
     step = fidelity.gradient(fidelity.start(x))
@@ -288,30 +317,13 @@ def lowr_begin(block: Block, problem: Problem) -> Block:
     step *= -tau
     step += x
     x_tilde = np.maximum(step, 0, out=step) if problem.settings.positivity else step
-    dual = x_tilde * 2
-    dual -= x
-    dual *= sigma
-    dual += y
-    return block.evolve(pending=(x_tilde, dual))
-
-
-def lowr_finish(block: Block, problem: Problem, basis: np.ndarray, scale: np.ndarray,
-                want_cost: bool) -> tuple[Block, float]:
-    """Second half: ŷ = ỹ − SVT(ỹ) with the global projector, then relaxation.
-
-    Returns the new block and its data-fidelity share of the cost at the relaxed x (NaN
-    unless ``want_cost``); the nuclear norm is global and added by the driver.
-    """
-    x_tilde, dual = block.pending
-    rho = problem.settings.relax
-    dual = dual - apply_svt(dual, basis, scale)
-    y = _relax(dual, block.dual, rho)
-    x = _relax(x_tilde.copy(), block.primal, rho)
-    cost = np.nan
-    if want_cost:
-        fidelity = operators(block, problem)["fidelity"]
-        cost = fidelity.cost(fidelity.start(x))
-    return block.evolve(primal=x, dual=y, pending=None), cost
+    y_tilde = x_tilde * 2
+    y_tilde -= x
+    y_tilde *= sigma
+    y_tilde += y
+    primal = _relax(x_tilde, x, rho)  # x̃ is not needed once ỹ is formed
+    cost = fidelity.cost(fidelity.start(primal)) if want_cost else np.nan
+    return block.evolve(primal=primal, pending=y_tilde), cost
 
 
 def reweight(block: Block, problem: Problem) -> Block:
@@ -408,17 +420,11 @@ def reweight_scratch_bytes(n_in_flight: int, n_bands: int, n_pixels: int,
 
 
 def lowr_pending_bytes(n_images: int, n_pixels: int, itemsize: int) -> int:
-    """Bytes of the (x̃, ỹ) every block keeps between :func:`lowr_begin` and the finish."""
-    return 2 * n_images * n_pixels * itemsize
+    """Bytes of the ỹ every block keeps between two synchronisations (:func:`lowr_step`)."""
+    return n_images * n_pixels * itemsize
 
 
-def lowr_begin_scratch_bytes(n_in_flight: int, n_pixels: int, spectrum: int,
-                             itemsize: int) -> int:
-    """Bytes of the temporaries of :func:`lowr_begin` (a stamp and two spectra a galaxy)."""
-    return n_in_flight * (n_pixels * itemsize + 2 * spectrum * 2 * itemsize)
-
-
-def lowr_finish_scratch_bytes(n_in_flight: int, n_pixels: int, itemsize: int) -> int:
-    """Bytes of the temporaries of :func:`lowr_finish` (the SVT's stamp a galaxy)."""
-    return n_in_flight * n_pixels * itemsize
-
+def lowr_step_scratch_bytes(n_in_flight: int, n_pixels: int, spectrum: int,
+                            itemsize: int) -> int:
+    """Bytes of the temporaries of :func:`lowr_step` (two stamps and two spectra a galaxy)."""
+    return n_in_flight * (2 * n_pixels * itemsize + 2 * spectrum * 2 * itemsize)

@@ -20,11 +20,14 @@ from galdecon.data.spec import split_array
 from galdecon.data.validate import check_psfs_not_zero
 from galdecon.errors import InputError
 
-#: The solver state a checkpoint saves, per mode: the arrays of every galaxy.
+#: The solver state a checkpoint saves, per mode: the arrays of every galaxy. A low-rank
+#: checkpoint written between two synchronisations also holds the iteration begun, its
+#: ``pending`` ỹ (:data:`PENDING`).
 STATE_NAMES = {"sparse": ("primal", "dual", "weights", "weights0"),
                "lowr": ("primal", "dual")}
+PENDING = "pending"
 #: The arrays a checkpoint's state may hold.
-STATE_ARRAYS = STATE_NAMES["sparse"]
+STATE_ARRAYS = STATE_NAMES["sparse"] + (PENDING,)
 
 
 def split_spec(spec, default: str) -> tuple[str, str]:
@@ -51,7 +54,8 @@ class StoreStack:
     primal : (Store, str) or None
         An initial primal.
     state : Store or None
-        A checkpoint's saved arrays (``primal``, ``dual``, ``weights``, ``weights0``).
+        A checkpoint's saved arrays (``primal``, ``dual``, ``weights``, ``weights0``,
+        ``pending``).
     dtype : str
         Working precision of the images and the primal.
     """

@@ -1,8 +1,10 @@
 """The engine contract: what the driver may ask of any engine (ARCHITECTURE.md).
 
 1. scatter: place blocks built from stacks (contiguous slices of the galaxy axis);
-2. map / reduce: run a function on every block, combining its results (the maths layer
-   builds its global reductions — σ, the low-rank factors — from these alone);
+2. map / reduce / map_reduce: run a function on every block, combining its results (the
+   maths layer builds its global reductions — σ, the low-rank factors — from these
+   alone); map_reduce replaces the blocks and reduces a value of each in one pass, the
+   one synchronisation of a low-rank iteration;
 3. step: replace every block by ``f(block)`` keeping big arrays where they are, returning
    only small per-block results;
 4. broadcast: small driver-side objects are passed as function arguments;
@@ -102,13 +104,29 @@ class Engine(abc.ABC):
         """Replace every block by ``fn(block)[0]``; return the ``[1]`` parts in block order."""
 
     @abc.abstractmethod
-    def reduce(self, fn: Callable, combine: Callable, tree: bool = False):
+    def reduce(self, fn: Callable, combine: Callable, tree: bool = False,
+               finish: Callable | None = None):
         """Return ``combine`` folded over ``fn(block)`` for every block (blocks unchanged).
 
         The fold runs in galaxy order. With ``tree``, ``combine`` is commutative and the
-        values are large (p × p Grams): a distributed engine may then combine them among
-        its workers, in any order, instead of all on the driver.
+        values are large (TSQR factors): the engine folds them as :meth:`map_reduce`
+        does — first within groups of blocks, where they live and in parallel, applying
+        ``finish`` to each group's value there, then the groups' values in order — so
+        that equal blocks give equal results either way.
         """
+
+    def map_reduce(self, fn: Callable, combine: Callable, finish: Callable | None = None):
+        """Replace every block by ``fn(block)[0]``; return ``combine`` folded over the ``[1]``.
+
+        One pass over the blocks, with the tree fold of :meth:`reduce` (``combine`` is
+        commutative; ``finish``, e.g. completing lazy work, is applied to each group's
+        value where it was folded). This default maps, then folds in galaxy order.
+        """
+        values = self.map(fn)
+        total = values[0]
+        for value in values[1:]:
+            total = combine(total, value)
+        return total if finish is None else finish(total)
 
     @abc.abstractmethod
     def snapshot(self):
@@ -140,7 +158,7 @@ class Engine(abc.ABC):
 
 
 #: Block attributes a scatter may carry, one slice of the galaxy axis each.
-SCATTERED = ("images", "psfs", "primal", "dual", "weights", "weights0")
+SCATTERED = ("images", "psfs", "primal", "dual", "weights", "weights0", "pending")
 
 
 def _layout(block, names) -> dict:

@@ -94,12 +94,50 @@ class LocalEngine(Engine):
         self.blocks = [b for b, _ in out]
         return [r for _, r in out]
 
-    def reduce(self, fn, combine, tree=False):
+    def reduce(self, fn, combine, tree=False, finish=None):
+        if tree:
+            return self._grouped(lambda block: (None, fn(block)), combine, finish)[1]
         results = self._run(fn, self.blocks)
         total = results[0]
         for value in results[1:]:
             total = combine(total, value)
         return total
+
+    def map_reduce(self, fn, combine, finish=None):
+        blocks, total = self._grouped(fn, combine, finish)
+        self.blocks = blocks
+        return total
+
+    def _grouped(self, fn, combine, finish=None):
+        """``fn`` on every block, the values folded within contiguous groups of blocks.
+
+        One group per thread, each folded (and ``finish``-ed) in its thread as its blocks
+        are done — a TSQR factor folds its rows there, in parallel, with one BLAS thread —
+        then the groups' values in order on this thread. Returns (the new blocks, the
+        total).
+        """
+        cancel = self._cancel
+        groups = [self.blocks[a:b] for a, b in block_bounds(len(self.blocks), self.threads)]
+
+        def run_group(group):
+            news, total = [], None
+            for block in group:
+                if cancel.is_set():
+                    raise Cancelled("cancelled")
+                new, value = fn(block)
+                news.append(new)
+                total = value if total is None else combine(total, value)
+            return news, (total if finish is None else finish(total))
+
+        with blas_single_thread():
+            if self._pool is None or len(groups) == 1:
+                done = [run_group(g) for g in groups]
+            else:
+                done = list(self._pool.map(run_group, groups))
+        total = done[0][1]
+        for _, value in done[1:]:
+            total = combine(total, value)
+        return [b for news, _ in done for b in news], total
 
     def snapshot(self):
         return list(self.blocks)

@@ -2,12 +2,14 @@
 
 A checkpoint is a directory (by default ``STEM_checkpoint`` beside the outputs) holding
 one file, ``state.npz``: the primal, the dual and (sparse mode) the current and initial
-weights of every galaxy, and a JSON document with everything else the run needs to go on
-exactly as if it had never stopped — the driver's position (round, iterations, whether the
-round's reweighting is done), the convergence test's state, the cost history, σ and β, the
-synchronisation interval, the settings, the digests of the images and PSFs and, from the
-command line, its options. The file is written beside its final name and renamed onto it,
-so a checkpoint is always complete: the previous one stays until the new one is whole.
+weights of every galaxy (low rank: also the ỹ of the iteration begun, whose global
+threshold the next synchronisation applies), and a JSON document with everything else the
+run needs to go on exactly as if it had never stopped — the driver's position (round,
+iterations, whether the round's reweighting is done), the convergence test's state, the
+cost history, σ and β, the synchronisation interval, the settings, the digests of the
+images and PSFs and, from the command line, its options. The file is written beside its
+final name and renamed onto it, so a checkpoint is always complete: the previous one stays
+until the new one is whole.
 
 Resuming restores the blocks from the saved arrays and the driver from the document, so a
 resumed run takes the same steps from the same state: on the same engine its result is
@@ -28,13 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-from galdecon.data.sources import STATE_NAMES
+from galdecon.data.sources import PENDING, STATE_NAMES
 from galdecon.errors import ConfigError, InputError, OutputError
 
 log = logging.getLogger("galdecon")
 
 FORMAT = "galdecon-checkpoint"
-VERSION = 1
+#: Version 2 may hold a low-rank ``pending`` array (version 1 never does, and is read as
+#: well); a reader of version 1 would resume such a state wrongly, so it must refuse it.
+VERSION = 2
+READABLE = (1, 2)
 STATE_FILE = "state.npz"
 #: Default interval of automatic checkpoints, in seconds of run time (``checkpoint_every``
 #: None): a long run loses at most this much work, a short one writes none.
@@ -46,9 +51,14 @@ AUTO_OVERHEAD = 20.0
 STATE_STORE = "state.zarr"
 
 
-def state_arrays(engine, mode: str) -> dict[str, np.ndarray]:
+def state_names(driver) -> tuple:
+    """The block attributes that make up the run's state now."""
+    return STATE_NAMES[driver.settings.mode] + ((PENDING,) if driver.pending else ())
+
+
+def state_arrays(engine, driver) -> dict[str, np.ndarray]:
     """The blocks' state, gathered in galaxy order."""
-    return {name: engine.gather(name) for name in STATE_NAMES[mode]}
+    return {name: engine.gather(name) for name in state_names(driver)}
 
 
 def save(directory, driver, engine, digests: dict, extra: dict | None = None,
@@ -79,7 +89,7 @@ def save(directory, driver, engine, digests: dict, extra: dict | None = None,
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     settings = driver.settings
-    names = STATE_NAMES[settings.mode]
+    names = state_names(driver)
     meta = {
         "format": FORMAT, "version": VERSION, "galdecon": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -100,7 +110,7 @@ def save(directory, driver, engine, digests: dict, extra: dict | None = None,
         log.info("checkpoint: %d iterations saved to %s", driver.position.done_total,
                  directory)
         return directory
-    arrays = state_arrays(engine, settings.mode)
+    arrays = state_arrays(engine, driver)
     blob = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     target = directory / STATE_FILE
     with atomic_path(target) as tmp, open(tmp, "wb") as handle:
@@ -143,7 +153,8 @@ class Checkpoint:
         return chunked.open_store(self.path / STATE_STORE)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The saved block state: primal, dual (and weights, weights0 in sparse mode)."""
+        """The saved block state: primal, dual (and weights, weights0 in sparse mode;
+        pending, in low rank between synchronisations)."""
         if self.chunked:
             store = self.store()
             return {name: store.read(name) for name in self.meta["arrays"]}
@@ -196,9 +207,9 @@ def _checked(found: Checkpoint, file) -> Checkpoint:
     meta = found.meta
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{file}: not a galdecon checkpoint")
-    if meta.get("version") != VERSION:
+    if meta.get("version") not in READABLE:
         raise InputError(f"{file}: checkpoint format version {meta.get('version')!r}; this "
-                         f"galdecon resumes version {VERSION}")
+                         f"galdecon resumes versions {', '.join(map(str, READABLE))}")
     return found
 
 

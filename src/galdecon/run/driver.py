@@ -19,15 +19,9 @@ import numpy as np
 from galdecon.core import lowrank
 from galdecon.core.noise import noise_sigma
 from galdecon.core.operators.convolution import Convolution
+from galdecon.core.operators.prox import nuclear_norm_of, svt_factors
 from galdecon.core.problem import Problem, Settings, make_problem, sparse_weights
-from galdecon.core.solver import (
-    Block,
-    ConvergenceTest,
-    lowr_begin,
-    lowr_finish,
-    reweight,
-    sparse_iterate,
-)
+from galdecon.core.solver import Block, ConvergenceTest, lowr_step, reweight, sparse_iterate
 from galdecon.engines.base import Engine
 from galdecon.errors import ConfigError, DivergenceError
 
@@ -74,6 +68,8 @@ def init_block(block: Block, problem: Problem) -> tuple[Block, None]:
     changes = {"primal": primal, "images": images, "pending": None}
     if block.dual is not None:  # a resumed run: the saved state, exactly
         changes["dual"] = np.array(block.dual, dtype=dtype)
+        if s.mode == "lowr" and block.pending is not None:  # saved between syncs
+            changes["pending"] = np.array(block.pending, dtype=dtype)
         if s.mode == "sparse":
             changes["weights"] = np.array(block.weights)
             changes["weights0"] = np.array(block.weights0)
@@ -89,11 +85,7 @@ def init_block(block: Block, problem: Problem) -> tuple[Block, None]:
 
 
 def _pending_dual(block: Block) -> np.ndarray:
-    return block.pending[1]
-
-
-def _primal(block: Block) -> np.ndarray:
-    return block.primal
+    return block.pending
 
 
 class Driver:
@@ -143,6 +135,14 @@ class Driver:
         self.test = ConvergenceTest(settings.tolerance, settings.cost_window)
         self.setup_seconds = 0.0
         self.ready = False  # set up: the blocks hold a complete state
+        # Low rank between synchronisations: the SVT factors of the blocks' pending ỹ
+        # (the iteration they finish); None when the blocks are settled.
+        self._factors = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether the blocks hold a low-rank iteration begun (``pending`` ỹ, saved too)."""
+        return self._factors is not None
 
     # -- state (checkpoints) ------------------------------------------------------------
     def state(self) -> dict:
@@ -151,7 +151,8 @@ class Driver:
             raise ConfigError("the driver has no state before setup()")
         return {"noise_sigma": self.problem.noise_sigma, "beta": self.problem.beta,
                 "sync_every": self.sync_every, "position": asdict(self.position),
-                "test": self.test.state(), "history": asdict(self.history)}
+                "test": self.test.state(), "history": asdict(self.history),
+                "lowr_pending": self.pending}
 
     def restore_state(self, state: dict) -> None:
         """Take over a saved :meth:`state` (the engine's blocks must hold its arrays)."""
@@ -166,7 +167,9 @@ class Driver:
         """Global reductions (σ, β), the problem, and every block's initial state.
 
         With ``saved`` (a :meth:`state`), σ and β are the saved ones and the blocks
-        keep the saved primal, dual and weights they were scattered with.
+        keep the saved primal, dual and weights they were scattered with — in low rank
+        also the pending ỹ, whose SVT factors are then computed again: from the same
+        blocks, the same reduction gives the same factors as the interrupted run's.
         """
         t0 = time.perf_counter()
         s = self.settings
@@ -177,8 +180,11 @@ class Driver:
             beta = self.engine.reduce(partial(block_beta, settings=s, shape=self.shape), max)
         self.problem = make_problem(s, self.n_images, self.shape, sigma, beta)
         self.engine.map(partial(init_block, problem=self.problem))
+        self._factors = None
         if saved is not None:
             self.restore_state(saved)
+            if saved.get("lowr_pending"):
+                self._factors = self._threshold(lowrank.factor_of(self.engine, _pending_dual))
         self.ready = True
         self.setup_seconds = time.perf_counter() - t0
         log.info("set-up: sigma=%.6g beta=%.8g tau=%.4g sigma_step=%.4g lambda=%.6g (%.2fs)",
@@ -192,18 +198,34 @@ class Driver:
         costs = self.engine.map(fn)
         return np.sum(costs, axis=0)
 
+    def _threshold(self, factor) -> tuple:
+        """The SVT factors ``(basis, scale)`` of the matrix whose TSQR factor is given."""
+        return svt_factors(factor.matrix(), self.problem.lowr_lambda,
+                           self.settings.lowr_thresh_type)
+
     def _lowr_step(self, want_cost: bool) -> float:
-        p, s = self.problem, self.settings
-        self.engine.map(partial(_lowr_begin_task, problem=p))
-        size = (self.n_images, self.shape[0] * self.shape[1])
-        basis, scale = lowrank.low_rank_factors(self.engine, _pending_dual, *size,
-                                                p.lowr_lambda, s.lowr_thresh_type)
-        shares = self.engine.map(partial(_lowr_finish_task, problem=p, basis=basis,
-                                         scale=scale, want_cost=want_cost))
-        if not want_cost:
-            return np.nan
-        nuclear = lowrank.nuclear_norm(self.engine, _primal, *size)
-        return float(np.sum(shares)) + p.lowr_lambda * nuclear
+        """One low-rank iteration: one map over the blocks and one reduction, together.
+
+        The map finishes the iteration the blocks hold (with the factors of the previous
+        synchronisation) and begins the next; its TSQR factors give the next threshold and,
+        when the cost is due, the nuclear norm of the relaxed x (:func:`lowr_step`).
+        """
+        p = self.problem
+        fn = partial(_lowr_task, problem=p, factors=self._factors, want_cost=want_cost)
+        share = self.engine.map_reduce(fn, lowrank.combine_shares, lowrank.fold_share)
+        factors = self._threshold(share.dual)
+        cost = np.nan
+        if want_cost:
+            cost = share.cost + p.lowr_lambda * nuclear_norm_of(share.primal.matrix())
+        self._factors = factors  # only once the step is complete (a failure restores)
+        return cost
+
+    def settle(self) -> None:
+        """Finish the low-rank iteration the blocks hold (their primal and dual final)."""
+        if self._factors is not None:
+            self.engine.map(partial(_lowr_task, problem=self.problem, factors=self._factors,
+                                    begin=False))
+            self._factors = None
 
     def _advance(self, n_iter: int) -> tuple[int, bool]:
         """Run up to ``n_iter`` iterations; return (iterations done, converged)."""
@@ -323,6 +345,7 @@ class Driver:
                      if self.history.costs else float("nan"))
             pos.round += 1
             pos.done_round, pos.converged, pos.reweighted = 0, False, False
+        self.settle()
         return self.history
 
 
@@ -330,12 +353,9 @@ def _sparse_task(block, problem, n_iter, mask):
     return sparse_iterate(block, problem, n_iter, mask)
 
 
-def _lowr_begin_task(block, problem):
-    return lowr_begin(block, problem), None
-
-
-def _lowr_finish_task(block, problem, basis, scale, want_cost):
-    return lowr_finish(block, problem, basis, scale, want_cost)
+def _lowr_task(block, problem, factors, want_cost=False, begin=True):
+    new, cost = lowr_step(block, problem, factors, begin, want_cost)
+    return new, (lowrank.share_of(new, cost, want_cost) if begin else None)
 
 
 def _reweight_task(block, problem):

@@ -14,7 +14,7 @@ it and only summed here:
 * the per-thread scratch of the sparse loop and the temporaries of the blocks in flight
   (:func:`galdecon.engines.local.galaxies_in_flight`);
 * the low-rank reduction (:func:`galdecon.core.lowrank.low_rank_bytes`) and the pending
-  (x̃, ỹ) of each low-rank iteration;
+  ỹ of each low-rank iteration;
 * the exact noise estimate when σ is not given (:func:`galdecon.core.noise.selection_bytes`
   on every block in flight);
 * the gathered outputs (primal and dual) while the blocks are still held;
@@ -139,13 +139,11 @@ def _local_phases(size: dict, parts: dict) -> dict:
             phases["reweighting"] = inputs + state + held + scratch + temporaries
         phases["gather"] = inputs + 2 * state + weights + scratch
     else:
-        parts["low_rank_matrix"] = low_rank_bytes(n, p)
+        parts["low_rank_matrix"] = low_rank_bytes(n, p, threads)
         pending = solver.lowr_pending_bytes(n, p, w)
-        begin = (inputs + state + pending + parts["low_rank_matrix"]
-                 + solver.lowr_begin_scratch_bytes(in_flight, p, spectrum, w))
-        finish = (inputs + 2 * state + pending
-                  + solver.lowr_finish_scratch_bytes(in_flight, p, w))
-        phases["iterations"] = max(begin, finish)
+        # the state and pending ỹ being replaced (the snapshot) and their successors
+        phases["iterations"] = (inputs + 2 * (state + pending) + parts["low_rank_matrix"]
+                                + solver.lowr_step_scratch_bytes(in_flight, p, spectrum, w))
         phases["gather"] = inputs + 2 * state
     return phases
 

@@ -149,6 +149,11 @@ def start_session(master: str, app_name: str, scratch: str, verbose: bool = Fals
         "spark.python.unix.domain.socket.enabled": "true",
         "spark.driver.memory": driver_memory,
         "spark.cleaner.referenceTracking.cleanCheckpoints": "true",
+        # A low-rank map returns one packed p × p triangle per partition and factor
+        # (11 MB each at 41×41): sent with the task result rather than through the block
+        # manager, and many partitions' worth allowed per job.
+        "spark.task.maxDirectResultSize": str(64 * 2**20),
+        "spark.driver.maxResultSize": "2g",
     }
     if not verbose and "spark.driver.extraJavaOptions" not in conf:
         # A log configuration of our own from the JVM's first line: without it Spark

@@ -13,8 +13,9 @@ Spark job:
   JVM-side ``count`` — so no second Python pass unpickles the blocks, and a retried task
   overwrites its own entry instead of double counting;
 - ``reduce`` folds the per-tile values within each partition and then over the
-  partitions in galaxy order; with ``tree`` (the p × p low-rank Grams) it tree-aggregates
-  them among the executors instead.
+  partitions in galaxy order; ``map_reduce`` (a low-rank iteration) is a ``map`` whose
+  per-tile values are folded within each partition as the tiles are done, one value per
+  partition coming back with the task results.
 
 Superseded states are unpersisted (a :meth:`SparkEngine.snapshot` pins one until
 :meth:`SparkEngine.release`) and the lineage is cut with ``localCheckpoint`` every
@@ -100,6 +101,13 @@ def footprint(n_images: int, parts: dict, threads: int,
                          + parts.get("scratch", 0) / threads)
     return {"jvm": jvm, "disk": cache - jvm, "workers": workers,
             "scatter": n * per_galaxy_static}
+
+def _fold(values: list, combine):
+    total = values[0]
+    for value in values[1:]:
+        total = combine(total, value)
+    return total
+
 
 class _State:
     """One generation of the block RDD and its maps since the last lineage cut."""
@@ -345,13 +353,26 @@ class SparkEngine(Engine):
 
         The engine's blocks are the tiles: the results come one per tile, in galaxy order.
         """
+        return self._map(fn, None)
+
+    def map_reduce(self, fn, combine, finish=None):
+        """:meth:`map`, folding the ``[1]`` parts with ``combine``: in each partition as its
+        tiles are done, then the partitions' values in order on the driver.
+
+        The values ride with the task results (no shuffle, nothing spilled to disk): one
+        per partition — for the low-rank TSQR factors, one packed triangle of at most
+        p(p+1)/2 float64 whatever the partition's size.
+        """
+        return _fold(self._map(fn, combine, finish), combine)
+
+    def _map(self, fn, combine, finish=None) -> list:
         state = self._require()
         self._generation += 1
         generation = self._generation
         self._results.value = {}
         new = state.rdd.mapPartitionsWithIndex(
             partial(map_partition, fn=fn, results=self._results, generation=generation,
-                    scatter_id=self._scatter_id),
+                    scatter_id=self._scatter_id, combine=combine, finish=finish),
             preservesPartitioning=True).persist(self._level)
         depth = state.depth + 1
         if self.lineage_every and depth >= self.lineage_every:
@@ -373,17 +394,19 @@ class SparkEngine(Engine):
         self._set_state(_State(new, depth))
         return out
 
-    def reduce(self, fn, combine, tree=False):
+    def reduce(self, fn, combine, tree=False, finish=None):
         """Fold ``combine`` over ``fn(tile)`` for every tile, in galaxy order.
 
-        With ``tree``, the partitions' values are tree-aggregated on the executors (a
-        depth growing with the partitions), so the driver never receives them all.
+        With ``tree``, each partition folds its tiles' values where they live and the
+        driver folds the partitions' values in order, exactly as :meth:`map_reduce`
+        (a shuffle-based tree aggregation would write the values to disk at every level).
         """
-        values = self._require().rdd.mapPartitions(partial(reduce_partition, fn=fn))
+        rdd = self._require().rdd
         if not tree:
-            return values.reduce(combine)
-        depth = max(2, int(np.ceil(np.log2(max(2, self.n_partitions)) / 2)))
-        return values.treeReduce(combine, depth=depth)
+            return rdd.mapPartitions(partial(reduce_partition, fn=fn)).reduce(combine)
+        values = rdd.mapPartitions(partial(reduce_partition, fn=fn, combine=combine,
+                                           finish=finish))
+        return _fold(values.collect(), combine)
 
     def snapshot(self):
         """Pin the current state (its RDD stays persisted until :meth:`release`)."""

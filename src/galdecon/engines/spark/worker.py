@@ -41,19 +41,27 @@ def prepare_worker() -> None:
 
 
 # -- functions shipped to the workers (module level so they pickle by reference) ---------
-def map_partition(index, tiles, fn, results, generation, scatter_id):
+def map_partition(index, tiles, fn, results, generation, scatter_id, combine=None,
+                  finish=None):
     """Replace every tile by ``fn(tile)[0]``; the ``[1]`` parts go to ``results``.
 
-    The operators built for a tile are remembered across maps (:data:`OPERATORS`).
+    With ``combine`` they are folded as the tiles are done, and only the partition's
+    value goes, ``finish``-ed (a TSQR factor: one triangle, whatever the tiles). The
+    operators built for a tile are remembered across maps (:data:`OPERATORS`).
     """
     prepare_worker()
-    values = []
+    values, total = [], None
     for tile in tiles:
         OPERATORS.reuse(tile, (scatter_id, tile.start))
         new, value = fn(tile)
         OPERATORS.remember(new, (scatter_id, new.start))
-        values.append(value)
+        if combine is None:
+            values.append(value)
+        else:
+            total = value if total is None else combine(total, value)
         yield new  # streamed: the JVM stores this tile while the next one computes
+    if combine is not None:
+        values = [total if finish is None else finish(total)]
     results.add({(generation, index): values})
 
 
@@ -86,11 +94,18 @@ def worker_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def reduce_partition(tiles, fn):
-    """``fn`` of every tile, in order."""
+def reduce_partition(tiles, fn, combine=None, finish=None):
+    """``fn`` of every tile, in order; with ``combine``, folded into one value (finished)."""
     prepare_worker()
+    if combine is None:
+        for tile in tiles:
+            yield fn(tile)
+        return
+    total = None
     for tile in tiles:
-        yield fn(tile)
+        value = fn(tile)
+        total = value if total is None else combine(total, value)
+    yield total if finish is None else finish(total)
 
 
 def gather_partition(tiles, attribute):
