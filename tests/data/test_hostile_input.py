@@ -841,6 +841,22 @@ def test_estimate_counts_the_arrays_of_a_run():
     assert spark["description"].endswith("(sparse, float64, Spark)")
 
 
+def test_estimate_counts_only_the_threads_that_have_a_block(tmp_path, capsys):
+    # 100 stamps are two blocks of 64: --threads 10000 runs two threads, and was refused
+    # as needing 115.8 GiB (the real peak: 111 MB).
+    args = (100, (41, 41), (41, 41), False, "sparse", 3, "float64")
+    many = preflight.estimate_bytes(*args, threads=10000)
+    two = preflight.estimate_bytes(*args, threads=2)
+    assert many["parts"] == two["parts"] and many["peak"] == two["peak"] < 2**30
+    assert preflight.estimate_bytes(*args, threads=1)["peak"] < two["peak"]
+    out = tmp_path / "run"
+    example = Path(__file__).resolve().parents[2] / "data" / "sf_deconvolve_example"
+    assert main(["deconvolve", "-i", str(example / "example_image_stack.npy"),
+                 "-p", str(example / "example_psfs.npy"), "-o",
+                 str(out), "--threads", "10000", "--n-iter", "2", "--no-plots", "-q"]) == 0
+    assert "GiB" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("kwargs, expected", [
     (dict(n_images=0), "n_images=0: expected an integer >= 1"),
     (dict(stamp_shape=(41,)), r"stamp_shape=\(41,\): expected two sizes"),

@@ -151,6 +151,56 @@ def test_corrupt_or_foreign_checkpoints_are_refused(stack, tmp_path):
         checkpoint.load(tmp_path / "ck")
 
 
+def rewrite_checkpoint(directory, meta: dict, arrays: dict) -> None:
+    """Write a state file by hand (as an editor or another program would)."""
+    with open(directory / checkpoint.STATE_FILE, "wb") as handle:
+        np.savez(handle, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                 **arrays)
+
+
+def test_checkpoint_contents_are_validated_before_resuming(stack, tmp_path):
+    # A NaN primal, a counter beyond --n-iter or a wrong shape would otherwise resume to
+    # exit 0 with NaN outputs or a false iteration count.
+    images, psfs = stack
+    stop, progress = stop_after(8)
+    with pytest.raises(RunInterrupted):
+        galdecon.deconvolve(images, psfs, progress=progress, stop=stop,
+                            checkpoint=tmp_path / "ck", **SPARSE)
+    saved = checkpoint.load(tmp_path / "ck")
+    arrays = saved.arrays()
+    ck = tmp_path / "ck"
+
+    def position(**changes):
+        driver = dict(saved.meta["driver"])
+        driver["position"] = dict(driver["position"], **changes)
+        return dict(saved.meta, driver=driver)
+
+    cases = [
+        (saved.meta, dict(arrays, primal=np.where(np.arange(24)[:, None, None] == 5, np.nan,
+                                                  arrays["primal"])),
+         r"primal is not finite \(galaxy 5\)"),
+        (saved.meta, dict(arrays, weights=np.full_like(arrays["weights"], np.inf)),
+         r"weights is not finite \(galaxy 0\)"),
+        (position(done_total=61), arrays, r"done_total is 61; a run with --n-iter 30 has "
+                                          r"an integer in \[\d+, 60\]"),
+        (position(done_round=31), arrays, r"done_round is 31.*\[0, 30\]"),
+        (position(round=2), arrays, r"round is 2.*\[0, 1\]"),
+        (position(done_total="8"), arrays, r"done_total is '8'"),
+        (dict(saved.meta, driver=dict(saved.meta["driver"], noise_sigma=float("nan"))),
+         arrays, "noise_sigma is nan; expected a finite positive number"),
+        (saved.meta, dict(arrays, dual=arrays["dual"][:, :2]),
+         r"'dual' is float64 \(24, 2, 41, 41\); expected floating point \(24, 3, 41, 41\)"),
+        (dict(saved.meta, arrays=["dual", "primal"]), arrays,
+         r"holds the arrays \['dual', 'primal'\]; a sparse run saves"),
+    ]
+    for meta, state, message in cases:
+        rewrite_checkpoint(ck, meta, state)
+        with pytest.raises(InputError, match=message):
+            galdecon.deconvolve(images, psfs, resume=ck, **SPARSE)
+    rewrite_checkpoint(ck, saved.meta, arrays)  # the untouched state still resumes
+    galdecon.deconvolve(images, psfs, resume=ck, **SPARSE)
+
+
 def test_low_rank_checkpoint_holds_the_iteration_begun(stack, references, tmp_path):
     # Between two synchronisations a low-rank run holds x_k, y_{k-1} and the pending ỹ_k
     # (one map per iteration finishes k and begins k + 1). The checkpoint saves the three
@@ -304,4 +354,11 @@ def test_cli_resume_refuses_changed_settings_and_inputs(tmp_path, capsys):
     # a new run refuses to overwrite the checkpoint of the stopped one
     assert main(["deconvolve", *map(str, COMMON), "-o", str(out)]) == 2
     assert f"{ck}: holds the checkpoint of another run" in capsys.readouterr().err
-    assert checkpoint.load(ck).iteration >= 0  # still there
+    saved = checkpoint.load(ck)
+    assert saved.iteration >= 0  # still there
+    # an edited counter: refused on the command line too, exit 2, the file named
+    driver = dict(saved.meta["driver"])
+    driver["position"] = dict(driver["position"], done_total=10**6)
+    rewrite_checkpoint(ck, dict(saved.meta, driver=driver), saved.arrays())
+    assert main(["deconvolve", "--resume", str(ck), "-q"]) == 2
+    assert f"{ck}: the checkpoint's done_total is 1000000" in capsys.readouterr().err

@@ -164,12 +164,16 @@ class Checkpoint:
                 out = {name: data[name] for name in self.meta["arrays"]}
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise InputError(f"{file}: checkpoint arrays unreadable ({exc})") from None
-        n = self.meta["n_images"]
-        for name, array in out.items():
-            if array.ndim < 2 or array.shape[0] != n:
-                raise InputError(f"{file}: checkpoint array {name!r} has shape {array.shape}; "
-                                 f"expected {n} galaxies along axis 0")
         return out
+
+    def check_shapes(self, arrays: dict, settings) -> None:
+        """Refuse saved arrays whose shapes are not those of this run's state."""
+        expected = state_shapes(settings, self.meta["n_images"], self.meta["stamp_shape"])
+        for name, array in arrays.items():
+            if tuple(array.shape) != expected[name] or array.dtype.kind != "f":
+                raise InputError(f"{self.path / STATE_FILE}: checkpoint array {name!r} is "
+                                 f"{array.dtype} {tuple(array.shape)}; expected floating "
+                                 f"point {expected[name]}")
 
 
 def checkpoint_dir(spec) -> Path:
@@ -241,6 +245,91 @@ def check_compatible(checkpoint: Checkpoint, settings, digests: dict, n_images: 
     if differ:
         raise ConfigError(f"{where}: cannot resume with other settings than the checkpoint's: "
                           + "; ".join(differ))
+
+
+def check_contents(checkpoint: Checkpoint, settings) -> None:
+    """Refuse a checkpoint whose counters or driver state no run with ``settings`` has.
+
+    A checkpoint is written whole (atomically), so a failure here means it was edited or
+    written by something else: resuming it would report a false count or compute from
+    nonsense, so it is refused before any work.
+
+    Raises
+    ------
+    InputError
+        Naming the field, its value and what was expected.
+    """
+    where = checkpoint.path
+    try:
+        driver = checkpoint.meta["driver"]
+        pos = driver["position"]
+        fields = {"round": pos["round"], "done_round": pos["done_round"],
+                  "done_total": pos["done_total"], "sync_every": driver["sync_every"],
+                  "noise_sigma": driver["noise_sigma"], "beta": driver["beta"]}
+        arrays = set(checkpoint.meta["arrays"])
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"{where}: the checkpoint's document lacks {exc}; it is not one "
+                         "galdecon wrote") from None
+    rounds = settings.n_reweights + 1 if settings.mode == "sparse" else 1
+    n_iter = settings.n_iter
+    limits = {"round": (0, rounds - 1), "done_round": (0, n_iter),
+              "done_total": (fields["done_round"], n_iter * rounds),
+              "sync_every": (1, None)}
+    for name, (low, high) in limits.items():
+        value = fields[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low \
+                or (high is not None and value > high):
+            span = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
+            raise InputError(f"{where}: the checkpoint's {name} is {value!r}; a run with "
+                             f"--n-iter {n_iter} has {span}")
+    for name in ("noise_sigma", "beta"):
+        value = fields[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not np.isfinite(value) or value <= 0:
+            raise InputError(f"{where}: the checkpoint's {name} is {value!r}; expected a "
+                             "finite positive number")
+    required = set(STATE_NAMES[settings.mode])
+    allowed = required | {PENDING} if settings.mode == "lowr" else required
+    if not required <= arrays <= allowed:
+        raise InputError(f"{where}: the checkpoint holds the arrays {sorted(arrays)}; a "
+                         f"{settings.mode} run saves {sorted(required)}")
+
+
+def state_shapes(settings, n_images: int, shape) -> dict[str, tuple]:
+    """The shape of each state array of a run of ``n_images`` stamps of ``shape``."""
+    image = (n_images,) + tuple(shape)
+    if settings.mode == "lowr":
+        return {"primal": image, "dual": image, PENDING: image}
+    bands = (n_images, settings.n_bands)
+    return {"primal": image, "dual": bands + tuple(shape), "weights": bands,
+            "weights0": bands}
+
+
+def bad_state(block, names) -> dict[str, int]:
+    """The first galaxy (global index) of ``block`` with a non-finite value, per array."""
+    found = {}
+    for name in names:
+        values = getattr(block, name)
+        if values is None:
+            continue
+        ok = np.isfinite(np.asarray(values)).reshape(len(values), -1).all(axis=1)
+        if not ok.all():
+            found[name] = block.start + int(np.argmin(ok))
+    return found
+
+
+def first_bad(left: dict, right: dict) -> dict:
+    """Combine :func:`bad_state` values in galaxy order (the first galaxy wins)."""
+    return {**right, **left}
+
+
+def refuse_bad_state(checkpoint: Checkpoint, bad: dict) -> None:
+    """Raise if any saved array holds a non-finite value (``bad`` from the blocks)."""
+    if bad:
+        name, index = next(iter(sorted(bad.items(), key=lambda item: item[1])))
+        raise InputError(f"{checkpoint.path}: the checkpoint's {name} is not finite (galaxy "
+                         f"{index}); it cannot be resumed: start the run again without "
+                         "--resume")
 
 
 def remove(directory) -> None:

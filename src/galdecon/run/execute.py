@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 from galdecon.data import io
 from galdecon.errors import EngineError, GalDeconError, RunInterrupted
@@ -54,9 +55,14 @@ def start_blocks(eng, driver: Driver, inputs: Inputs, start) -> None:
     else:
         arrays = {"images": inputs.images, "psfs": inputs.psfs, "primal": inputs.primal}
         if start is not None:
-            arrays.update(start.arrays())
+            saved = start.arrays()
+            start.check_shapes(saved, driver.settings)
+            arrays.update(saved)
         eng.scatter(arrays, driver.n_images)
         del arrays
+    if start is not None:  # where the blocks are: a store's state is read by the workers
+        bad = eng.reduce(partial(ckpt.bad_state, names=start.meta["arrays"]), ckpt.first_bad)
+        ckpt.refuse_bad_state(start, bad)
     driver.setup(saved=None if start is None else start.meta["driver"])
 
 

@@ -52,6 +52,7 @@ def resume_point(resume, settings: Settings, digests: dict, inputs: Inputs):
     """The checkpoint to resume (a path or a Checkpoint), checked against the run's data."""
     start = resume if isinstance(resume, ckpt.Checkpoint) else ckpt.load(resume)
     ckpt.check_compatible(start, settings, digests, inputs.n, inputs.shape)
+    ckpt.check_contents(start, settings)
     log.info("resuming from %s after %d iterations", start.path, start.iteration)
     return start
 

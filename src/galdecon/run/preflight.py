@@ -184,6 +184,8 @@ def _sizes(n_images, stamp_shape, psf_shape, shared_psf, mode, n_bands, dtype, e
     work, read, psf_read = _dtypes(dtype, input_dtype, psf_dtype)
     threads = _positive_int("threads", _default_threads() if threads is None else threads)
     block_size = _positive_int("block_size", block_size)
+    # Only the blocks that exist run: more threads than blocks hold no scratch.
+    threads = min(threads, -(-n // block_size))
     return {
         "n": n, "shape": (n0, n1), "psf_shape": (k0, k1), "p": n0 * n1, "mode": mode,
         "bands": bands, "reweights": reweights, "work": work, "read": read,
