@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from galdecon.cli import results
+from galdecon.cli import notices, results
 from galdecon.cli.options import (
     HelpFormatter,
     OptionFileParser,
@@ -289,6 +289,8 @@ def run_deconvolve(args, argv=None) -> int:
     stop = StopRequest()
     with handle_signals(stop), results.claim_outputs(args, files) as outputs:
         stacks, names = read_stacks(args, files)
+        if not args.quiet:
+            notices.engine_options(args, stacks[0])
         writer = output_store(args, files, names, outputs)
         with writer if writer is not None else contextlib.nullcontext():
             result = solve(args, files, stacks, names, stop, writer)
@@ -440,4 +442,5 @@ def report(record: dict, args) -> None:
                   f"{m['ellipticity_error']:.6g}  PSNR {m['psnr']:.4g} dB")
     for key, value in record["outputs"].items():
         print(f"  {key}: {value}")
+    notices.unconverged(record)
 

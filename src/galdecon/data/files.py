@@ -15,20 +15,25 @@ from galdecon.data.memory import available_bytes, format_bytes
 from galdecon.errors import ConfigError, InputError
 
 NPY_SUFFIXES = (".npy",)
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz",
+                 ".fz")
+NPZ_SUFFIXES = (".npz",)
 NPY_MAGIC = b"\x93NUMPY"
 GZIP_MAGIC = b"\x1f\x8b"
 
 
 def file_format(path: Path) -> str:
-    """Return 'npy' or 'fits' from a file name, or raise InputError."""
+    """Return 'npy', 'npz' or 'fits' from a file name, or raise InputError."""
     name = path.name.lower()
     if name.endswith(NPY_SUFFIXES):
         return "npy"
+    if name.endswith(NPZ_SUFFIXES):
+        return "npz"
     if name.endswith(FITS_SUFFIXES):
         return "fits"
     raise InputError(f"{path}: unknown file format; expected one of "
-                     f"{', '.join(NPY_SUFFIXES + FITS_SUFFIXES)}")
+                     f"{', '.join(NPY_SUFFIXES + NPZ_SUFFIXES + FITS_SUFFIXES)} (other "
+                     "formats: `galdecon convert` reads stores and writes .npy or FITS)")
 
 
 def one_line(exc: BaseException) -> str:

@@ -23,7 +23,8 @@ from galdecon.data.files import check_dtype, check_file, file_format, no_memory
 from galdecon.data.fitsfile import read_fits
 from galdecon.data.memory import available_bytes
 from galdecon.data.npyfile import read_npy
-from galdecon.data.spec import split_hdu
+from galdecon.data.npzfile import read_npz
+from galdecon.data.spec import split, split_hdu
 from galdecon.errors import InputError
 
 
@@ -34,6 +35,8 @@ def _locate(spec, hdu) -> tuple[Path, str, object]:
     fmt = file_format(path)
     if fmt == "npy" and hdu is not None:
         raise InputError(f"{path}: an HDU ({hdu!r}) was given but .npy files have none")
+    if fmt == "npz":  # the bracket names a member; an integer-looking one stays a name
+        hdu = split(spec)[1]
     return path, fmt, hdu
 
 
@@ -65,6 +68,8 @@ def peek_shape(spec, hdu=None) -> tuple[tuple[int, ...], np.dtype]:
     path, fmt, hdu = _locate(spec, hdu)
     if fmt == "npy":
         shape, dtype, _ = read_npy(path, None, False)
+    elif fmt == "npz":
+        shape, dtype, _ = read_npz(path, hdu, None, False)
     else:
         shape, dtype, _ = read_fits(path, hdu, None, False)
     return shape, dtype.newbyteorder("=")
@@ -100,6 +105,8 @@ def read_array(spec, hdu=None, *, max_bytes: float | None = None) -> np.ndarray:
     limit = available_bytes() if max_bytes is None else max_bytes
     if fmt == "npy":
         shape, dtype, array = read_npy(path, limit, True)
+    elif fmt == "npz":
+        shape, dtype, array = read_npz(path, hdu, limit, True)
     else:
         shape, dtype, array = read_fits(path, hdu, limit, True)
     check_dtype(path, array.dtype)

@@ -47,6 +47,8 @@ class History:
     costs: list = field(default_factory=list)
     iterations_per_round: list = field(default_factory=list)
     converged_per_round: list = field(default_factory=list)
+    #: the convergence test's last value in each round (None: it never ran)
+    last_test_per_round: list = field(default_factory=list)
     iteration_seconds: list = field(default_factory=list)
     rollbacks: int = 0
 
@@ -340,6 +342,7 @@ class Driver:
                     self.on_sync(self)
             self.history.iterations_per_round.append(pos.done_round)
             self.history.converged_per_round.append(bool(pos.converged))
+            self.history.last_test_per_round.append(self.test.last_test)
             log.info("round %d: %d iterations, converged=%s, cost=%.6g", pos.round,
                      pos.done_round, pos.converged, self.history.costs[-1]
                      if self.history.costs else float("nan"))

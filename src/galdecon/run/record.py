@@ -70,6 +70,10 @@ class Outcome:
     final_cost: float | None
     rollbacks: int
     convergence_test: dict
+    #: the convergence test's last value at the end of each round (None: it never ran)
+    last_test_per_round: list = field(default_factory=list)
+    #: the rounds (0 = the first solve) that stopped at n_iter with a test above tolerance
+    stopped_unconverged: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """The record's ``result`` section."""
@@ -182,6 +186,21 @@ class RunRecord:
         return out
 
 
+def unconverged_rounds(history, settings: Settings) -> list[int]:
+    """The rounds that used all of ``n_iter`` while the test asked for more.
+
+    A run with tolerance 0 asks for a fixed number of iterations, so it never appears
+    here; nor does a round whose test never ran (it has nothing to say).
+    """
+    if settings.tolerance <= 0:
+        return []
+    tests = history.last_test_per_round
+    return [k for k, (done, converged) in enumerate(zip(history.iterations_per_round,
+                                                        history.converged_per_round))
+            if not converged and done >= settings.n_iter and k < len(tests)
+            and tests[k] is not None]
+
+
 def build_record(plan, inputs, execution, facts: dict, t_start: float,
                  input_names: dict | None = None) -> RunRecord:
     """The record of a finished run (``facts``: the engine's, ``t_start``: when it was called)."""
@@ -200,7 +219,9 @@ def build_record(plan, inputs, execution, facts: dict, t_start: float,
             converged_per_round=history.converged_per_round,
             converged=bool(history.converged_per_round[-1]),
             final_cost=history.costs[-1] if history.costs else None,
-            rollbacks=history.rollbacks, convergence_test=driver.test.state()),
+            rollbacks=history.rollbacks, convergence_test=driver.test.state(),
+            last_test_per_round=history.last_test_per_round,
+            stopped_unconverged=unconverged_rounds(history, plan.settings)),
         history=CostHistory(cost_iterations=history.cost_iterations, costs=history.costs,
                             iterations_per_round=history.iterations_per_round),
         timing=timing,
