@@ -30,8 +30,34 @@ def refused(tmp_path, capsys, *options):
 def test_cost_window_longer_than_the_run_is_refused(tmp_path, capsys):
     # It crashed with a TypeError after writing the outputs (final_cost null).
     err = refused(tmp_path, capsys, "--n-iter", 30, "--cost-window", 50)
-    assert "cost_window=50" in err and "at most n_iter (30)" in err
-    assert len(err.splitlines()) == 1
+    assert err == ("galdecon: error: --cost-window 50: expected at most --n-iter (30): the "
+                   "cost is computed every --cost-window iterations")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    # the API's names (condat_tau, tolerance, n_scales) never reach a command-line user
+    (["--condat-tau", 100], "--condat-tau 100.0: expected at most 0.99999988 with "
+                            "--condat-sigma 0.5"),
+    (["--convergence", -1], "--convergence -1.0: expected a finite number >= 0"),
+    (["--n_scales", 1], "--n_scales 1: expected an integer >= 2"),  # the spelling typed
+    (["--wave-thresh-factor", 1, 2], "--wave-thresh-factor [1.0, 2.0]: expected 3 values, one "
+                                     "per detail scale (--n-scales - 1)"),
+    (["--relax", 3], "--relax 3.0: expected a number in (0, 2)"),
+])
+def test_messages_name_the_options_as_typed(tmp_path, capsys, options, message):
+    err = refused(tmp_path, capsys, *options)
+    assert err.startswith(f"galdecon: error: {message}")
+    for name in ("condat_tau", "condat_sigma", "tolerance", "n_scales=", "option "):
+        assert name not in err.replace("--n_scales", "")
+
+
+def test_translation_leaves_paths_and_plain_words_alone():
+    from galdecon.cli.messages import translate
+
+    names = {"n_iter": "--n-iter", "relax": "--relax", "tolerance": "--convergence"}
+    assert translate("option relax=3: the relax step; /data/n_iter/x.npy and n_iter.npy, "
+                     "n_iter=4, tolerance", names) == (
+        "--relax 3: the relax step; /data/n_iter/x.npy and n_iter.npy, --n-iter 4, tolerance")
 
 
 def test_settings_refuse_a_cost_window_longer_than_n_iter():

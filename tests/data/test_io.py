@@ -183,14 +183,14 @@ def test_pickled_input_via_cli(capsys, small):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--wave-thresh-factor", "3", "3"], "wave_thresh_factor=[3.0, 3.0]: expected 3 values"),
+    (["--wave-thresh-factor", "3", "3"], "--wave-thresh-factor [3.0, 3.0]: expected 3 values"),
     (["--n-scales", "5", "--wave-thresh-factor", "3", "3", "4"], "expected 4 values"),
     (["--n-iter", "0"], "expected an integer >= 1, got 0"),
-    (["--relax", "2.5"], "relax=2.5: expected a number in (0, 2)"),
-    (["--condat-tau", "-1"], "condat_tau=-1.0: expected a positive number or 'auto'"),
+    (["--relax", "2.5"], "--relax 2.5: expected a number in (0, 2)"),
+    (["--condat-tau", "-1"], "--condat-tau -1.0: expected a positive number or 'auto'"),
     (["--condat-sigma", "fast"], "expected a number or 'auto', got 'fast'"),
     (["--mode", "magic"], "invalid choice: 'magic'"),
-    (["--noise-est", "-3"], "noise_est=-3.0: expected a positive number"),
+    (["--noise-est", "-3"], "--noise-est -3.0: expected a positive number"),
     (["--n-scales", "1", "--wave-thresh-factor"], "expected at least one argument"),
     (["--lowr-type", "ngole"], "invalid choice: 'ngole'"),
 ])

@@ -346,7 +346,7 @@ def test_cli_resume_refuses_changed_settings_and_inputs(tmp_path, capsys):
     ck = tmp_path / "run_checkpoint"
     assert main(["deconvolve", "--resume", str(ck), "--n-iter", "99", "-q"]) == 2
     err = capsys.readouterr().err
-    assert "cannot resume with other settings" in err and "n_iter 99 (checkpoint: 150)" in err
+    assert "cannot resume with other settings" in err and "--n-iter 99 (checkpoint: 150)" in err
     other = tmp_path / "other.npy"
     np.save(other, images * 2)
     assert main(["deconvolve", "--resume", str(ck), "-i", str(other), "-q"]) == 2

@@ -34,7 +34,7 @@ def test_steps_outside_condats_condition_are_refused_with_the_largest_valid_tau(
     assert rc == 2 and files == []
     line = err.splitlines()[-1]
     # beta = 1.0000002 on the example, ||L||^2 = 1, sigma = 0.5: tau <= 1/(beta/2 + 0.5).
-    assert "condat_tau=100.0" in line and "expected at most 0.99999988 " in line
+    assert "--condat-tau 100.0" in line and "expected at most 0.99999988 " in line
     assert "1/tau - sigma*||L||^2 >= beta/2" in line
 
 

@@ -9,17 +9,16 @@ exit with status 2.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 
-from galdecon.cli import bench, convert, deconvolve, evaluate, show, simulate
+from galdecon.cli import bench, convert, deconvolve, evaluate, messages, show, simulate
 from galdecon.cli.options import configure_logging, top_parser
-from galdecon.errors import GalDeconError, GalDeconWarning, RunInterrupted
+from galdecon.errors import ConfigError, GalDeconError, GalDeconWarning, RunInterrupted
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser."""
+def build_parser(with_commands: bool = False):
+    """The top-level parser (and, ``with_commands``, its sub-command table too)."""
     parser, sub = top_parser()
     deconvolve.add_deconvolve_parser(sub)
     simulate.add_simulate_parser(sub)
@@ -27,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_evaluate_parser(sub)
     bench.add_bench_parser(sub)
     show.add_show_parser(sub)
-    return parser
+    return (parser, sub) if with_commands else parser
 
 
 def run_command(args, argv=None) -> int:
@@ -41,7 +40,9 @@ def run_command(args, argv=None) -> int:
 
 def main(argv=None) -> int:
     """Entry point of the ``galdecon`` command."""
-    parser = build_parser()
+    parser, subparsers = build_parser(with_commands=True)
+    args = None
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = parser.parse_args(argv)
         configure_logging(args.verbose, args.quiet)
@@ -56,8 +57,12 @@ def main(argv=None) -> int:
                   file=sys.stderr)
         return 128 + exc.signum
     except GalDeconError as exc:
+        text = str(exc)
+        if isinstance(exc, ConfigError) and args is not None:  # options as the user typed them
+            text = messages.translate(text, messages.option_spellings(
+                subparsers.choices[args.command], argv))
         # One line whatever the message holds (a file name may contain a newline).
-        text = str(exc).replace("\r", "\\r").replace("\n", "\\n")
+        text = text.replace("\r", "\\r").replace("\n", "\\n")
         print(f"galdecon: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -170,10 +170,11 @@ class Checkpoint:
         """Refuse saved arrays whose shapes are not those of this run's state."""
         expected = state_shapes(settings, self.meta["n_images"], self.meta["stamp_shape"])
         for name, array in arrays.items():
-            if tuple(array.shape) != expected[name] or array.dtype.kind != "f":
+            if tuple(array.shape) not in expected[name] or array.dtype.kind != "f":
+                shapes = " or ".join(map(str, expected[name]))
                 raise InputError(f"{self.path / STATE_FILE}: checkpoint array {name!r} is "
                                  f"{array.dtype} {tuple(array.shape)}; expected floating "
-                                 f"point {expected[name]}")
+                                 f"point {shapes}")
 
 
 def checkpoint_dir(spec) -> Path:
@@ -296,13 +297,17 @@ def check_contents(checkpoint: Checkpoint, settings) -> None:
 
 
 def state_shapes(settings, n_images: int, shape) -> dict[str, tuple]:
-    """The shape of each state array of a run of ``n_images`` stamps of ``shape``."""
+    """The shapes each state array of a run of ``n_images`` stamps of ``shape`` may have.
+
+    Sparse weights are one per galaxy and band until a reweighting makes them per pixel.
+    """
     image = (n_images,) + tuple(shape)
     if settings.mode == "lowr":
-        return {"primal": image, "dual": image, PENDING: image}
+        return {"primal": (image,), "dual": (image,), PENDING: (image,)}
     bands = (n_images, settings.n_bands)
-    return {"primal": image, "dual": bands + tuple(shape), "weights": bands,
-            "weights0": bands}
+    weights = (bands, bands + tuple(shape))
+    return {"primal": (image,), "dual": (bands + tuple(shape),), "weights": weights,
+            "weights0": weights}
 
 
 def bad_state(block, names) -> dict[str, int]:

@@ -89,12 +89,15 @@ def is_loopback(master: str) -> bool:
         r"spark://(127\.0\.0\.1|localhost)[:/]", master) is not None
 
 
+# Off, not ERROR: galdecon reports a failed job in one line of its own, and an executor's
+# ERROR log repeats the worker's Python trace (~50 lines). The REPL logger must match
+# the root's, or Spark announces a "default log level" of its own. -v logs at WARN.
 QUIET_LOG4J2 = """\
-rootLogger.level = error
+rootLogger.level = off
 logger.repl.name = org.apache.spark.repl.Main
-logger.repl.level = error
+logger.repl.level = off
 logger.gateway.name = org.apache.spark.api.python.PythonGatewayServer
-logger.gateway.level = error
+logger.gateway.level = off
 rootLogger.appenderRef.stderr.ref = console
 appender.console.type = Console
 appender.console.name = console
@@ -102,6 +105,51 @@ appender.console.target = SYSTEM_ERR
 appender.console.layout.type = PatternLayout
 appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n
 """
+
+
+#: Seconds to wait for a standalone master's port to accept a connection.
+MASTER_CONNECT_TIMEOUT = 5.0
+
+
+def master_addresses(master: str) -> list[tuple[str, int]]:
+    """(host, port) of each master of a ``spark://h1:p1,h2:p2`` URL; [] for others."""
+    if not master.startswith("spark://"):
+        return []
+    found = []
+    for part in master[len("spark://"):].split(","):
+        host, _, port = part.strip().rstrip("/").rpartition(":")
+        found.append((host or part, int(port) if port.isdigit() else 7077))
+    return found
+
+
+def check_master_reachable(master: str, timeout: float = MASTER_CONNECT_TIMEOUT) -> None:
+    """Refuse at once a ``spark://`` master none of whose addresses accepts a connection.
+
+    Without this, Spark retries its registration for about a minute and then reports a
+    stopped SparkContext in a page of Java trace.
+
+    Raises
+    ------
+    EngineError
+        Naming the master and why each address failed.
+    """
+    failures = []
+    for host, port in master_addresses(master):
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                return
+        except OSError as exc:
+            failures.append(f"{host}:{port}: {exc.strerror or exc}")
+    if failures:
+        raise EngineError(f"cannot reach the Spark master {master} ({'; '.join(failures)}); "
+                          "is it running? (or run locally: --master 'local[*]')")
+
+
+def java_message(exc: BaseException) -> str:
+    """The first line that says what a Py4J/Java failure was (not its stack trace)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    cause = next((line.lstrip(": ") for line in lines[1:] if "Exception" in line), None)
+    return (cause or (lines[0] if lines else type(exc).__name__))[:300]
 
 
 def start_session(master: str, app_name: str, scratch: str, verbose: bool = False,
@@ -128,6 +176,7 @@ def start_session(master: str, app_name: str, scratch: str, verbose: bool = Fals
     pyspark.sql.SparkSession
     """
     require_spark()
+    check_master_reachable(master)
     from pyspark.sql import SparkSession
 
     conf = dict(conf or {})
@@ -171,7 +220,8 @@ def start_session(master: str, app_name: str, scratch: str, verbose: bool = Fals
     try:
         spark = builder.getOrCreate()
     except Exception as exc:
-        raise EngineError(f"could not start Spark with master {master!r}: {exc}") from exc
+        raise EngineError(f"could not start Spark with master {master!r}: "
+                          f"{java_message(exc)}") from exc
     if "spark.log.level" in conf:
         spark.sparkContext.setLogLevel(conf["spark.log.level"])
     elif verbose:
