@@ -9,6 +9,7 @@ from galdecon.core import noise
 from galdecon.core.lowrank import low_rank_factors, nuclear_norm
 from galdecon.core.problem import mad_sigma
 from galdecon.engines.local import LocalEngine
+from galdecon.errors import ConfigError
 
 
 def scattered(images, n_blocks):
@@ -54,3 +55,30 @@ def test_low_rank_reductions_match_a_dense_svd(n):
 
 def _images(block):
     return block.images
+
+
+@pytest.mark.parametrize("shape", [(6, 41, 41), (3, 12, 9)])
+def test_image_sigmas_are_each_stamps_mad(shape):
+    rng = np.random.default_rng(11)
+    images = rng.normal(size=shape) * rng.uniform(0.5, 3.0, size=(shape[0], 1, 1))
+    images[:, shape[1] // 2, shape[2] // 2] += 50.0  # a bright centre
+    per_image = noise.image_sigmas(images, "per-image")
+    np.testing.assert_array_equal(per_image, [mad_sigma(stamp) for stamp in images])
+    w = noise.border_width(shape[1:])
+    assert w == max(2, min(shape[1:]) // 10)
+    frame = [np.concatenate([s[:w].ravel(), s[-w:].ravel(), s[w:-w, :w].ravel(),
+                             s[w:-w, -w:].ravel()]) for s in images]
+    assert frame[0].size == shape[1] * shape[2] - (shape[1] - 2 * w) * (shape[2] - 2 * w)
+    np.testing.assert_array_equal(noise.image_sigmas(images, "border"),
+                                  [mad_sigma(f) for f in frame])
+
+
+def test_a_blank_stamp_is_named_by_its_index():
+    images = np.random.default_rng(3).normal(size=(5, 16, 16))
+    images[3] = 0.0
+    sigmas = noise.image_sigmas(images, "per-image")
+    with pytest.raises(ConfigError, match=r"option noise_est='per-image': the noise estimate "
+                                          r"of image 3 is 0 .*1 image\(s\) in all"):
+        noise.check_image_sigmas(sigmas, "per-image")
+    with pytest.raises(ConfigError, match="expected one of per-image, border"):
+        noise.image_sigmas(images, "median")

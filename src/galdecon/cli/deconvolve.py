@@ -25,6 +25,7 @@ from galdecon.cli.options import (
     aliases,
     count_or_auto,
     float_or_auto,
+    noise_estimate,
     positive_float,
     positive_int,
     top_parser,
@@ -105,8 +106,13 @@ def _add_optimisation_options(p) -> None:
                      metavar="TOL", help="relative cost tolerance of the convergence test")
     opt.add_argument(*aliases("--no-pos"), action="store_true",
                      help="no positivity constraint")
-    opt.add_argument(*aliases("--noise-est"), type=float, default=None, metavar="SIGMA",
-                     help="noise standard deviation (default: 1.4826 x MAD of all pixels)")
+    opt.add_argument(*aliases("--noise-est"), type=noise_estimate, default=None,
+                     metavar="SIGMA|global|per-image|border",
+                     help="noise standard deviation: a number for the whole stack; global "
+                          "(default): 1.4826 x MAD of all pixels; per-image: one sigma a "
+                          "stamp, from its MAD; border: one a stamp, from the MAD of its "
+                          "border pixels (a tenth of the side); the sparse thresholds follow "
+                          "each stamp's sigma")
     opt.add_argument(*aliases("--relax"), type=float, default=DEFAULTS.relax,
                      help="Condat relaxation parameter rho")
     opt.add_argument(*aliases("--condat-sigma"), type=float_or_auto,
@@ -430,8 +436,12 @@ def report(record: dict, args) -> None:
     print(f"galdecon {record['settings']['mode']}: {record['data']['n_images']} images, "
           f"{res['iterations']} iterations {res['iterations_per_round']}, converged="
           f"{res['converged']}, final cost {res['final_cost']:.6g}")
-    print(f"  sigma={record['problem']['noise_sigma']:.6g} beta={record['problem']['beta']:.8g}"
-          f"  median {timing['median_iteration_s'] * 1e3:.2f} ms/iteration, total "
+    problem = record["problem"]
+    sigmas = problem.get("noise_sigmas")
+    sigma = (f"sigma per image {sigmas['min']:.4g}..{sigmas['max']:.4g} (median "
+             f"{sigmas['median']:.4g})" if sigmas else f"sigma={problem['noise_sigma']:.6g}")
+    print(f"  {sigma} beta={problem['beta']:.8g}  median "
+          f"{timing['median_iteration_s'] * 1e3:.2f} ms/iteration, total "
           f"{timing['total_s']:.2f} s")
     if "metrics" in record:
         first = args.metric

@@ -47,6 +47,10 @@ def translate(text: str, names: dict[str, str]) -> str:
         name = match.group(1)
         return f"{names[name]} " if name in names else match.group(0)
 
+    # a quoted word value is written as typed: --noise-est per-image, not 'per-image'
+    text = re.sub(r"\boption ([a-z][a-z0-9_]*)='([\w.+-]+)'",
+                  lambda m: option_form(m) + m.group(2) if m.group(1) in names
+                  else m.group(0), text)
     text = re.sub(r"\boption ([a-z][a-z0-9_]*)=", option_form, text)
     snake = sorted((n for n in names if "_" in n), key=len, reverse=True)
     if not snake:

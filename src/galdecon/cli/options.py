@@ -144,6 +144,23 @@ def configure_logging(verbose: int, quiet: int) -> None:
     logging.getLogger("galdecon").setLevel(level)
 
 
+def noise_estimate(text: str):
+    """``--noise-est``: a number > 0, ``global`` (None: the MAD of all pixels), or a
+    per-image method (``per-image``, ``border``)."""
+    from galdecon.core.problem import NOISE_METHODS
+
+    if text in NOISE_METHODS:
+        return text
+    if text == "global":
+        return None
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number > 0, global, {' or '.join(NOISE_METHODS)}, got {text!r}"
+        ) from None
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0."""
     try:

@@ -114,7 +114,8 @@ class Settings:
         real("condat_sigma", lambda v: v > 0, "a positive number or 'auto'", allow=("auto",))
         real("lowr_thresh_factor", lambda v: 0 <= v <= MAX_THRESH_FACTOR,
              f"a number in [0, {MAX_THRESH_FACTOR:g}] (in units of the noise sigma)")
-        real("noise_est", lambda v: v > 0, "a positive number", allow=(None,))
+        real("noise_est", lambda v: v > 0, "a positive number, 'per-image' or 'border'",
+             allow=(None,) + NOISE_METHODS)
         if not isinstance(self.positivity, (bool, np.bool_)):
             fail("positivity", self.positivity, "True or False")
         object.__setattr__(self, "positivity", bool(self.positivity))
@@ -129,6 +130,11 @@ class Settings:
         return self.n_scales - 1
 
 
+#: Per-image noise estimates (``noise_est``): σ_i from each stamp's MAD, or from the MAD of
+#: its border pixels only (:func:`galdecon.core.noise.image_sigmas`).
+NOISE_METHODS = ("per-image", "border")
+
+
 @dataclass(frozen=True)
 class Problem:
     """Settings plus the global quantities computed once from the data.
@@ -141,7 +147,8 @@ class Problem:
     shape : tuple of int
         Stamp shape.
     noise_sigma : float
-        σ, from ``--noise-est`` or 1.4826 × MAD of all pixels.
+        σ, from ``--noise-est`` or 1.4826 × MAD of all pixels; with per-image estimates
+        the RMS of the σ_i (the noise level of the whole matrix, for low rank's λ).
     beta : float
         ρ(HᵀH), the Lipschitz constant of the data-fidelity gradient.
     lipschitz_l : float
@@ -182,7 +189,7 @@ class Problem:
             "tau": self.tau,
             "sigma": self.sigma,
             "lowr_lambda": self.lowr_lambda,
-        }
+        } | self.extra
 
 
 def mad_sigma(values: np.ndarray) -> float:

@@ -7,6 +7,7 @@ convergence test, the cost history, timings — which becomes the run record.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import numbers
 import time
@@ -17,10 +18,22 @@ from functools import partial
 import numpy as np
 
 from galdecon.core import lowrank
-from galdecon.core.noise import noise_sigma
+from galdecon.core.noise import (
+    block_sigmas,
+    check_image_sigmas,
+    image_sigmas,
+    noise_sigma,
+    sigma_summary,
+)
 from galdecon.core.operators.convolution import Convolution
 from galdecon.core.operators.prox import nuclear_norm_of, svt_factors
-from galdecon.core.problem import Problem, Settings, make_problem, sparse_weights
+from galdecon.core.problem import (
+    NOISE_METHODS,
+    Problem,
+    Settings,
+    make_problem,
+    sparse_weights,
+)
 from galdecon.core.solver import Block, ConvergenceTest, lowr_step, reweight, sparse_iterate
 from galdecon.engines.base import Engine
 from galdecon.errors import ConfigError, DivergenceError
@@ -77,7 +90,9 @@ def init_block(block: Block, problem: Problem) -> tuple[Block, None]:
             changes["weights0"] = np.array(block.weights0)
     elif s.mode == "sparse":
         changes["dual"] = np.ones((m, s.n_bands) + shape, dtype=dtype)
-        weights = sparse_weights(block.psfs, shape, s, problem.noise_sigma)
+        sigma = (image_sigmas(block.images, s.noise_est)[:, None]
+                 if s.noise_est in NOISE_METHODS else problem.noise_sigma)
+        weights = sparse_weights(block.psfs, shape, s, sigma)
         weights = np.broadcast_to(weights, (m, s.n_bands)).copy()
         changes["weights"] = weights
         changes["weights0"] = weights.copy()
@@ -154,7 +169,7 @@ class Driver:
         return {"noise_sigma": self.problem.noise_sigma, "beta": self.problem.beta,
                 "sync_every": self.sync_every, "position": asdict(self.position),
                 "test": self.test.state(), "history": asdict(self.history),
-                "lowr_pending": self.pending}
+                "lowr_pending": self.pending, "noise_extra": self.problem.extra}
 
     def restore_state(self, state: dict) -> None:
         """Take over a saved :meth:`state` (the engine's blocks must hold its arrays)."""
@@ -175,12 +190,15 @@ class Driver:
         """
         t0 = time.perf_counter()
         s = self.settings
+        extra = {}
         if saved is not None:
             sigma, beta = saved["noise_sigma"], saved["beta"]
+            extra = saved.get("noise_extra") or {}
         else:
-            sigma = s.noise_est if s.noise_est is not None else noise_sigma(self.engine)
+            sigma, extra = self._noise_level()
             beta = self.engine.reduce(partial(block_beta, settings=s, shape=self.shape), max)
-        self.problem = make_problem(s, self.n_images, self.shape, sigma, beta)
+        self.problem = dataclasses.replace(
+            make_problem(s, self.n_images, self.shape, sigma, beta), extra=extra)
         self.engine.map(partial(init_block, problem=self.problem))
         self._factors = None
         if saved is not None:
@@ -193,6 +211,23 @@ class Driver:
                  sigma, beta, self.problem.tau, self.problem.sigma, self.problem.lowr_lambda,
                  self.setup_seconds)
         return self.problem
+
+    def _noise_level(self) -> tuple[float, dict]:
+        """σ for the problem, and what the record says of per-image σ_i.
+
+        Per-image estimates are gathered (one number a galaxy) and checked here; the
+        blocks compute the same σ_i again from their stamps for their weights. The
+        problem's σ is then their RMS, the noise level of the whole matrix.
+        """
+        s = self.settings
+        if s.noise_est in NOISE_METHODS:
+            sigmas = self.engine.reduce(partial(block_sigmas, method=s.noise_est),
+                                        lambda a, b: np.concatenate([a, b]))
+            check_image_sigmas(sigmas, s.noise_est)
+            return float(np.sqrt(np.mean(sigmas ** 2))), sigma_summary(sigmas)
+        if s.noise_est is not None:
+            return s.noise_est, {}
+        return noise_sigma(self.engine), {}
 
     # -- iterations ---------------------------------------------------------------------
     def _sparse_step(self, n_iter: int, mask) -> np.ndarray:
