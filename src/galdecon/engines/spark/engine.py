@@ -38,11 +38,17 @@ from galdecon.engines.base import Engine, block_bounds, make_block
 from galdecon.engines.spark.cluster import active_session, start_session
 from galdecon.engines.spark.worker import (
     OPERATOR_CACHE_BYTES,
+    STATE_FIELDS,
+    STATIC_CACHE_BYTES,
     ResultsParam,
+    blocks_of,
     gather_partition,
     map_partition,
-    read_tile,
     reduce_partition,
+    split_block,
+    state_tile,
+    static_tile,
+    tile_serializer,
     worker_error,
     write_partition,
 )
@@ -199,6 +205,7 @@ class SparkEngine(Engine):
         if self._sc.getConf().get("spark.python.unix.domain.socket.enabled", "false") != "true":
             log.info("Spark: spark.python.unix.domain.socket.enabled=true saves ~20 ms a task")
         self._state: _State | None = None
+        self._static = None  # the RDD of the tiles' pickled static data, persisted once
         self._pinned: dict[int, list] = {}  # id(state) -> [state, snapshot count]
         self._bounds: list[tuple[int, int]] = []
         self._tile_sizes: list[list[int]] = []
@@ -251,14 +258,30 @@ class SparkEngine(Engine):
         images = arrays["images"]
         self._stamp_pixels = int(np.prod(images.shape[1:]))
         n_parts = self._default_partitions(n_images)
-        tiles = [make_block(arrays, lo, hi)
-                 for lo, hi in self._layout(block_bounds(n_images, n_parts))]
-        rdd = self._sc.parallelize(tiles, len(self._bounds)).persist(self._level)
-        # Once materialised, the blocks live in the block manager and the driver's copy
+        states, statics = [], []
+        for lo, hi in self._layout(block_bounds(n_images, n_parts)):
+            state, static = split_block(make_block(arrays, lo, hi))
+            states.append(state)
+            statics.append(static)
+        static = self._tiles(self._sc.parallelize(statics, len(self._bounds)))
+        state = self._tiles(self._sc.parallelize(states, len(self._bounds)))
+        del states, statics
+        # Once materialised, the tiles live in the block manager and the driver's copy
         # of the input (held by the parallelized collection's partitions for as long as
         # any lineage reaches them, outside Spark's memory accounting) can be freed.
-        rdd.localCheckpoint()
-        self._adopt(rdd)
+        static.localCheckpoint()
+        state.localCheckpoint()
+        self._adopt(static, state)
+
+    def _tiles(self, rdd, fn=None):
+        """``rdd`` (mapped by ``fn``), one tile per JVM record, persisted (not yet computed).
+
+        Zipped RDDs must batch their records alike for PySpark to pair them: every RDD of
+        tiles here is written by :func:`~galdecon.engines.spark.worker.tile_serializer`.
+        """
+        out = rdd.map(fn) if fn is not None else rdd.mapPartitions(iter)
+        out._jrdd_deserializer = tile_serializer()  # before _jrdd exists: the write format
+        return out.persist(self._level)
 
     def _default_partitions(self, n_images: int) -> int:
         """The partitions asked for, or Spark's default parallelism, or more.
@@ -301,23 +324,52 @@ class SparkEngine(Engine):
             log.info("Spark: %d partitions for %d chunks of the images: one per chunk",
                      n_parts, source.n_chunks)
         tiles = self._layout(source.bounds(n_parts))
-        rdd = self._sc.parallelize(tiles, len(self._bounds)).map(
-            partial(read_tile, source=source)).persist(self._level)
+        bounds = self._sc.parallelize(tiles, len(self._bounds))
+        static = self._tiles(bounds, partial(static_tile, source=source))
+        if source.primal is None and source.state is None:  # nothing to read: a fresh state
+            state = self._tiles(self._sc.parallelize(
+                [dict.fromkeys(STATE_FIELDS, None) | {"start": start} for start, _ in tiles],
+                len(self._bounds)))
+        else:
+            state = self._tiles(bounds, partial(state_tile, source=source))
         try:
-            rdd._jrdd.count()  # read now: a bad chunk is reported here, by name
+            static._jrdd.count()  # read now: a bad chunk is reported here, by name
+            state._jrdd.count()
         except Exception as exc:
-            rdd.unpersist(blocking=False)
+            static.unpersist(blocking=False)
+            state.unpersist(blocking=False)
             raise worker_error(exc) from None
-        self._adopt(rdd)
+        self._adopt(static, state)
 
-    def _adopt(self, rdd) -> None:
-        """Make a freshly scattered RDD the state (its tiles' operators are new)."""
+    def _adopt(self, static, state) -> None:
+        """Make freshly scattered RDDs the static data and the state (a new scatter id)."""
+        if self._static is not None:
+            self._static.unpersist(blocking=False)
+        self._static = static
         self._scatter_id = uuid.uuid4().hex
-        self._set_state(_State(rdd, 0))
+        self._set_state(_State(state, 0))
+
+    def _pairs(self, state: _State | None = None):
+        """The RDD of (state record, static bytes) of every tile: what every job reads."""
+        from pyspark import RDD
+        from pyspark.serializers import PairDeserializer
+
+        state = state or self._require()
+        # The JVM pairs the records; each side is one tile per record, so PySpark's own
+        # zip (which re-batches both sides in an extra Python pass when they use
+        # automatic batching) is not needed.
+        pairs = state.rdd._jrdd.zip(self._static._jrdd)
+        return RDD(pairs, self._sc, PairDeserializer(state.rdd._jrdd_deserializer,
+                                                     self._static._jrdd_deserializer))
+
+    def blocks(self):
+        """The RDD of the current tiles as blocks (state and static data joined), in order."""
+        return self._pairs().mapPartitions(partial(blocks_of, scatter_id=self._scatter_id),
+                                           preservesPartitioning=True)
 
     def first(self, fn):
         """``fn`` of the first tile: one task reads one tile, not the stack."""
-        return self._require().rdd.map(fn).first()
+        return self.blocks().map(fn).first()
 
     def _write_chunks(self, writer, names) -> dict:
         """Each partition writes its galaxies of ``names`` (whole chunks) to the store."""
@@ -326,8 +378,9 @@ class SparkEngine(Engine):
             start % next(iter(chunks)) == 0 for start, _ in self._bounds)
         if not aligned:  # partitions that share chunks cannot write them in parallel
             return super()._write_chunks(writer, names)
-        rdd = self._require().rdd.mapPartitions(
-            partial(write_partition, writer=writer, names=tuple(names)))
+        rdd = self._pairs().mapPartitions(partial(write_partition, writer=writer,
+                                                  names=tuple(names),
+                                                  scatter_id=self._scatter_id))
         try:
             written = rdd.collect()
         except Exception as exc:
@@ -370,10 +423,12 @@ class SparkEngine(Engine):
         self._generation += 1
         generation = self._generation
         self._results.value = {}
-        new = state.rdd.mapPartitionsWithIndex(
+        new = self._pairs(state).mapPartitionsWithIndex(
             partial(map_partition, fn=fn, results=self._results, generation=generation,
                     scatter_id=self._scatter_id, combine=combine, finish=finish),
-            preservesPartitioning=True).persist(self._level)
+            preservesPartitioning=True)
+        new._jrdd_deserializer = tile_serializer()
+        new.persist(self._level)
         depth = state.depth + 1
         if self.lineage_every and depth >= self.lineage_every:
             new.localCheckpoint()  # takes effect when the job below materialises `new`
@@ -401,11 +456,12 @@ class SparkEngine(Engine):
         driver folds the partitions' values in order, exactly as :meth:`map_reduce`
         (a shuffle-based tree aggregation would write the values to disk at every level).
         """
-        rdd = self._require().rdd
+        rdd, scatter_id = self._pairs(), self._scatter_id
         if not tree:
-            return rdd.mapPartitions(partial(reduce_partition, fn=fn)).reduce(combine)
-        values = rdd.mapPartitions(partial(reduce_partition, fn=fn, combine=combine,
-                                           finish=finish))
+            return rdd.mapPartitions(partial(reduce_partition, fn=fn,
+                                             scatter_id=scatter_id)).reduce(combine)
+        values = rdd.mapPartitions(partial(reduce_partition, fn=fn, scatter_id=scatter_id,
+                                           combine=combine, finish=finish))
         return _fold(values.collect(), combine)
 
     def snapshot(self):
@@ -430,8 +486,8 @@ class SparkEngine(Engine):
 
     def gather(self, attribute: str) -> np.ndarray:
         """Collect one attribute in galaxy order, a few hundred MB per job at most."""
-        rdd = self._require().rdd
-        fetch = partial(gather_partition, attribute=attribute)
+        rdd = self._pairs()
+        fetch = partial(gather_partition, attribute=attribute, scatter_id=self._scatter_id)
         parts = self._sc.runJob(rdd, fetch, [0])
         per_galaxy = parts[0].nbytes / max(1, parts[0].shape[0])
         group, group_bytes = [], 0.0
@@ -464,7 +520,12 @@ class SparkEngine(Engine):
                     state.rdd.unpersist(blocking=False)
                 except Exception:  # noqa: BLE001 - the context may already be stopped
                     pass
-        self._state = None
+        if self._static is not None:
+            try:
+                self._static.unpersist(blocking=False)
+            except Exception:  # noqa: BLE001 - the context may already be stopped
+                pass
+        self._state = self._static = None
         self._pinned.clear()
         if self._owns_session and self.spark is not None:
             self.spark.stop()
