@@ -90,23 +90,25 @@ def footprint(n_images: int, parts: dict, threads: int,
     Returns
     -------
     dict
-        ``jvm`` (the pickled blocks, current state and snapshot, up to the JVM heap),
-        ``disk`` (what spills beyond it), ``workers`` (each holds its tile twice —
-        unpickled and its successor — its operator cache and its scratch) and
-        ``scatter`` (the pickled static data a scatter sends).
+        ``jvm`` (the pickled static data once, the current state and its successor or
+        snapshot, up to the JVM heap), ``disk`` (what spills beyond it), ``workers`` (each
+        holds its tile twice — the state unpickled and its successor — the static data and
+        operators it caches, up to their bounds, and its scratch) and ``scatter`` (the
+        pickled tiles a scatter sends).
     """
     n = int(n_images)
     tile = min(n, int(block_size))
     per_galaxy_state = (parts["state"] + parts.get("weights", 0)) / n
-    per_galaxy_static = (parts["images"] + parts["psfs"] + parts["initial_primal"]) / n
-    cache = 2 * n * (per_galaxy_state + per_galaxy_static)
+    static = parts["images"] + parts["psfs"]
+    cache = static + 2 * n * per_galaxy_state
     jvm = min(cache, DRIVER_JVM_BYTES)
-    operators_per_tile = parts["operators"] / n * tile
-    workers = threads * (2 * tile * (per_galaxy_state + per_galaxy_static)
-                         + min(OPERATOR_CACHE_BYTES, operators_per_tile * n / threads)
+    # Any worker may run any partition's task: each may cache every tile, up to its bounds.
+    workers = threads * (2 * tile * per_galaxy_state + min(STATIC_CACHE_BYTES, static)
+                         + min(OPERATOR_CACHE_BYTES, parts["operators"])
                          + parts.get("scratch", 0) / threads)
     return {"jvm": jvm, "disk": cache - jvm, "workers": workers,
-            "scatter": n * per_galaxy_static}
+            "scatter": static + parts["initial_primal"]}
+
 
 def _fold(values: list, combine):
     total = values[0]

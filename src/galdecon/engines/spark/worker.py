@@ -58,6 +58,11 @@ class StaticCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def clear(self) -> None:
+        """Forget every entry (as a restarted worker would have)."""
+        self._entries.clear()
+        self._bytes = 0
+
     def get(self, key):
         """The static fields remembered under ``key``, or None."""
         return self._entries.get(key)
