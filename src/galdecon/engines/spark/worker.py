@@ -120,9 +120,19 @@ def state_record(block: Block, static: dict) -> dict:
         record[name] = getattr(block, name)
     for name in STATIC_FIELDS:
         value = getattr(block, name)
-        if value is not static[name]:  # e.g. images cast to another dtype
+        if not _same_array(value, static[name]):  # e.g. images cast to another dtype
             record[name] = value
     return record
+
+
+def _same_array(value, static) -> bool:
+    """Whether ``value`` is ``static`` or a view of all of it (``np.asarray`` may return one)."""
+    if value is static:
+        return True
+    return (isinstance(value, np.ndarray) and isinstance(static, np.ndarray)
+            and value.dtype == static.dtype and value.shape == static.shape
+            and value.strides == static.strides
+            and value.__array_interface__["data"][0] == static.__array_interface__["data"][0])
 
 
 def assemble(record: dict, static_bytes: bytes, scatter_id: str) -> tuple[Block, dict]:
