@@ -3,14 +3,14 @@
 n random galaxy stamps (positive elliptical blobs plus noise, convolved by normalised
 elliptical Gaussian PSFs of random widths), 41×41 by default, all in one SparkSession.
 
-Sparse mode: for each synchronisation interval K the local engine runs once; Spark runs for
-every partition count N, between two local runs (the local time is their median, so the
-ratio compares runs made under similar load on a shared machine). A run is one warm-up
-sync followed by ``--syncs`` timed syncs; the table shows the median seconds per iteration
-over the timed syncs and the ratio Spark / local at the same K.
+Every row is ``--repeats`` pairs of runs, the local engine then Spark back to back (so each
+ratio compares runs made under similar load on a shared machine); the table shows the
+medians of the local times, of the Spark times and of the pairs' ratios. Sparse mode: a
+pair for every synchronisation interval K and partition count N; a run is one warm-up sync
+followed by ``--syncs`` timed syncs, timed by the median seconds per iteration over them.
 
-Low rank (one synchronisation per iteration: one map and one TSQR reduction): the same
-bracketing for every N, one warm-up iteration then ``--lowr-iterations`` timed ones. With
+Low rank (one synchronisation per iteration: one map and one TSQR reduction): a pair for
+every N, one warm-up iteration then ``--lowr-iterations`` timed ones. With
 ``--store-n``, a run on Spark reading a chunked store of that many stamps (written first,
 chunk by chunk) is timed too and compared with the n-stamp Spark and local times.
 
@@ -95,61 +95,67 @@ def store_lowr_seconds(spark, n: int, size: int, iterations: int, partitions, bl
             return statistics.median(seconds), engine.n_partitions
 
 
+def paired(args, label, local_fn, spark_fn) -> tuple[float, float, float]:
+    """``args.repeats`` pairs of (local, Spark) runs; the medians of each and of the ratios.
+
+    Each pair runs back to back, so that its ratio compares runs made under similar load
+    on a shared machine.
+    """
+    pairs = []
+    for _ in range(args.repeats):
+        local, spark = local_fn(), spark_fn()
+        pairs.append((local, spark))
+        print(f"  {label}: local {local:.3f}, spark {spark:.3f} s/it "
+              f"(ratio {spark / local:.2f})", flush=True)
+    return (statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs),
+            statistics.median(p[1] / p[0] for p in pairs))
+
+
 def sparse_table(args, session_engine, local_engine, images, psfs) -> None:
-    local, spark_times = {}, {}
+    rows = {}
     for sync in args.sync:
-        # Local runs bracket the Spark runs of the same K: the machine may be shared,
-        # and the ratio should compare times taken under the same load.
-        before = seconds_per_iteration(local_engine, images, psfs, sync, args.syncs)
         for parts in args.partitions:
-            with SparkEngine(spark=session_engine.spark, partitions=parts,
-                             block_size=args.block_size or None) as engine:
-                spark_times[parts, sync] = seconds_per_iteration(engine, images, psfs,
-                                                                 sync, args.syncs)
-            print(f"  spark N={parts} K={sync}: {spark_times[parts, sync]:.3f} s/it",
-                  flush=True)
-        after = seconds_per_iteration(local_engine, images, psfs, sync, args.syncs)
-        local[sync] = statistics.median([before, after])
-        print(f"  local K={sync}: {before:.3f} and {after:.3f} s/it", flush=True)
-    head = "".join(f" | K={k:<3d} s/it  ratio" for k in args.sync)
-    print("\nsparse\n| engine     " + head + " |")
-    print("|------------" + "|--------------------" * len(args.sync) + "|")
-    print("| local      " + "".join(f" | {local[k]:8.3f}   1.00 " for k in args.sync) + " |")
-    for parts in args.partitions:
-        cells = "".join(f" | {spark_times[parts, k]:8.3f} {spark_times[parts, k] / local[k]:6.2f} "
-                        for k in args.sync)
-        print(f"| spark N={parts:<3d}" + cells + " |")
-    best = min(spark_times, key=lambda key: spark_times[key] / local[key[1]])
-    print(f"\nbest: N={best[0]} K={best[1]}, ratio {spark_times[best] / local[best[1]]:.2f}\n")
+            def spark_run(parts=parts, sync=sync):
+                with SparkEngine(spark=session_engine.spark, partitions=parts,
+                                 block_size=args.block_size or None) as engine:
+                    return seconds_per_iteration(engine, images, psfs, sync, args.syncs)
+
+            rows[parts, sync] = paired(
+                args, f"sparse N={parts} K={sync}",
+                lambda sync=sync: seconds_per_iteration(local_engine, images, psfs, sync,
+                                                        args.syncs), spark_run)
+    print(f"\nsparse, n={args.n_images}, medians of {args.repeats} paired runs\n"
+          "| N  | K  | local s/it | spark s/it | ratio (median of pairs) |\n"
+          "|---:|---:|---:|---:|---:|")
+    for (parts, sync), (local, spark, ratio) in rows.items():
+        print(f"| {parts} | {sync} | {local:.3f} | {spark:.3f} | {ratio:.2f} |")
+    print(flush=True)
 
 
 def lowr_table(args, session_engine, local_engine, images, psfs) -> None:
     iterations = args.lowr_iterations
-    before = lowr_seconds(local_engine, images, psfs, iterations)
-    spark_times = {}
+    rows = {}
     for parts in args.partitions:
-        with SparkEngine(spark=session_engine.spark, partitions=parts,
-                         block_size=args.block_size or None) as engine:
-            spark_times[parts] = lowr_seconds(engine, images, psfs, iterations)
-        print(f"  low rank spark N={parts}: {spark_times[parts]:.3f} s/it", flush=True)
-    after = lowr_seconds(local_engine, images, psfs, iterations)
-    local = statistics.median([before, after])
-    print(f"  low rank local: {before:.3f} and {after:.3f} s/it", flush=True)
-    print(f"\nlow rank, n={args.n_images}\n| engine      |     s/it | ratio |")
-    print("|-------------|---------:|------:|")
-    print(f"| local       | {local:8.3f} |  1.00 |")
-    for parts in args.partitions:
-        print(f"| spark N={parts:<3d} | {spark_times[parts]:8.3f} | "
-              f"{spark_times[parts] / local:5.2f} |")
-    best = min(spark_times, key=spark_times.get)
-    print(f"\nbest: N={best}, ratio {spark_times[best] / local:.2f}")
+        def spark_run(parts=parts):
+            with SparkEngine(spark=session_engine.spark, partitions=parts,
+                             block_size=args.block_size or None) as engine:
+                return lowr_seconds(engine, images, psfs, iterations)
+
+        rows[parts] = paired(args, f"low rank N={parts}",
+                             lambda: lowr_seconds(local_engine, images, psfs, iterations),
+                             spark_run)
+    print(f"\nlow rank, n={args.n_images}, medians of {args.repeats} paired runs\n"
+          "| N  | local s/it | spark s/it | ratio (median of pairs) |\n|---:|---:|---:|---:|")
+    for parts, (local, spark, ratio) in rows.items():
+        print(f"| {parts} | {local:.3f} | {spark:.3f} | {ratio:.2f} |")
     if args.store_n:
+        best = min(rows, key=lambda key: rows[key][1])
         seconds, parts = store_lowr_seconds(session_engine.spark, args.store_n, args.size,
                                             iterations, args.store_partitions,
                                             args.block_size or None, args.chunk, args.dir)
         print(f"store run n={args.store_n} (Spark, N={parts}): {seconds:.3f} s/it, "
-              f"{seconds / spark_times[best]:.2f}x the n={args.n_images} Spark time "
-              f"(N={best}), {seconds / local:.2f}x the local time", flush=True)
+              f"{seconds / rows[best][1]:.2f}x the n={args.n_images} Spark time "
+              f"(N={best}), {seconds / rows[best][0]:.2f}x the local time", flush=True)
 
 
 def main(argv=None) -> int:
@@ -162,6 +168,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sync", type=int, nargs="+", default=[1, 4, 16],
                         help="iterations per synchronisation K (sparse)")
     parser.add_argument("--syncs", type=int, default=3, help="timed syncs per run (sparse)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="paired (local, Spark) runs per row; the table gives medians")
     parser.add_argument("--lowr-iterations", type=int, default=3,
                         help="timed low-rank iterations per run")
     parser.add_argument("--store-n", type=int, default=0,

@@ -122,8 +122,7 @@ def test_partitions_hold_contiguous_slices_in_order(spark_session, example, part
     images, psfs = example
     engine = spark_engine(spark_session, partitions=partitions)
     engine.scatter({"images": images, "psfs": psfs, "primal": None}, len(images))
-    rdd = engine._state.rdd
-    layout = rdd.mapPartitionsWithIndex(
+    layout = engine.blocks().mapPartitionsWithIndex(
         lambda index, tiles: [(index, [(t.start, t.stop) for t in tiles])]).collect()
     expected = block_bounds(len(images), partitions)
     assert [index for index, _ in layout] == list(range(len(expected)))
