@@ -86,6 +86,12 @@ def _add_io_options(p) -> None:
                                "zarr when the input is a chunked store, else npy")
     io_group.add_argument(*aliases("-k", "--current-res"), metavar="PRIMAL", default=None,
                           help="initial primal (e.g. a previous result); default: ones")
+    io_group.add_argument("--weights", metavar="WEIGHTS", default=None,
+                          help="per-pixel inverse variances, the images' shape, 0 = masked "
+                               "(bad pixels, neighbours); each stamp's median unmasked "
+                               "weight gives its noise sigma unless --noise-est is given; "
+                               "a store array with a store input (URL[array], default "
+                               "array weights)")
     io_group.add_argument("--overwrite", action="store_true",
                           help="replace existing output files")
     io_group.add_argument(*aliases("--no-plots"), action="store_true",
@@ -239,7 +245,8 @@ def settings_from_args(args) -> Settings:
 #: Options a resumed run takes from the checkpoint unless given again (all but these).
 NOT_RESUMED = ("command", "resume", "quiet", "verbose", "progress")
 #: Options naming files, stored absolute so a run resumes from any directory.
-PATH_OPTIONS = ("input", "psf", "current_res", "clean_data", "output", "checkpoint")
+PATH_OPTIONS = ("input", "psf", "current_res", "clean_data", "weights", "output",
+                "checkpoint")
 
 
 def explicit_options(argv) -> dict:
@@ -338,7 +345,7 @@ def check_files(args) -> RunFiles:
     paths = results.output_paths(stem, fmt, plots=not args.no_plots)
     ckpt_dir = Path(args.checkpoint) if args.checkpoint else stem.with_name(
         stem.name + "_checkpoint")
-    inputs = [args.input, args.psf, args.current_res, args.clean_data]
+    inputs = [args.input, args.psf, args.current_res, args.clean_data, args.weights]
     given = [spec for spec in inputs if spec is not None]
     io.check_inputs_exist([spec for spec in inputs if not is_store_spec(spec)])
     io.check_outputs(paths, given, args.overwrite)  # again, under the stem's lock, later
@@ -349,28 +356,33 @@ def check_files(args) -> RunFiles:
     if not stored:  # from the headers alone, before anything is read
         preflight.check_inputs(args.input, args.psf, settings, force=args.force,
                                initial_primal=args.current_res, truth=args.clean_data,
-                               engine=args.engine, threads=args.threads)
+                               engine=args.engine, threads=args.threads,
+                               weights=args.weights)
     return RunFiles(settings, stored, fmt, paths, ckpt_dir, stem, given)
 
 
 def read_stacks(args, files: RunFiles) -> tuple[tuple, dict]:
-    """(images, psfs, primal, truth) — a StoreStack and Nones with stores — and their names."""
+    """(images, psfs, primal, truth, weights) — a StoreStack and Nones with stores — and
+    their names."""
     from galdecon.data.sources import StoreStack
 
     limit = math.inf if args.force else None  # read_array's default: the memory available
     resume = args.resume
     if files.stored:
         images = StoreStack.open(args.input, args.psf,
-                                 args.current_res if not resume else None, args.dtype)
-        stacks = (images, None, None, None)
+                                 args.current_res if not resume else None, args.dtype,
+                                 weights=args.weights)
+        stacks = (images, None, None, None, None)
     else:
+        def optional(spec):
+            return io.read_array(spec, max_bytes=limit) if spec else None
+
         stacks = (io.read_array(args.input, max_bytes=limit),
                   io.read_array(args.psf, max_bytes=limit),
-                  io.read_array(args.current_res, max_bytes=limit)
-                  if args.current_res and not resume else None,
-                  io.read_array(args.clean_data, max_bytes=limit) if args.clean_data else None)
+                  optional(args.current_res) if not resume else None,
+                  optional(args.clean_data), optional(args.weights))
     names = {"images": args.input, "psfs": args.psf, "primal": args.current_res,
-             "truth": args.clean_data}
+             "truth": args.clean_data, "weights": args.weights}
     return stacks, {k: str(v) for k, v in names.items() if v}
 
 
@@ -404,14 +416,14 @@ def solve(args, files: RunFiles, stacks: tuple, names: dict, stop, writer):
     """Run :func:`galdecon.deconvolve` with the command line's options (and progress bar)."""
     from galdecon.run.api import deconvolve
 
-    images, psfs, primal, truth = stacks
+    images, psfs, primal, truth, weights = stacks
     show = args.progress if args.progress is not None else (sys.stderr.isatty()
                                                             and args.quiet == 0)
     bar = ProgressBar() if show else None
     every = None if args.checkpoint_every == "auto" else args.checkpoint_every
     options = cli_options(args) | {"checkpoint_explicit": args.checkpoint is not None}
     try:
-        return deconvolve(images, psfs, initial_primal=primal, truth=truth,
+        return deconvolve(images, psfs, initial_primal=primal, truth=truth, weights=weights,
                           engine=args.engine, sync_every=args.sync_every, kernel=args.kernel,
                           progress=bar, settings=files.settings, input_names=names,
                           checkpoint=files.checkpoint, checkpoint_every=every,

@@ -180,6 +180,58 @@ class PixelFidelity:
         return self.cost(resid)
 
 
+def weight_scales(pixel_weights: np.ndarray) -> np.ndarray:
+    """Each stamp's typical inverse variance: the median of its unmasked weights.
+
+    1/sqrt of it is the stamp's noise σ_i; the data term weighs pixels by their weight
+    relative to it, so uniform weights give exactly the unweighted problem.
+    """
+    w = np.asarray(pixel_weights, dtype=np.float64).reshape(len(pixel_weights), -1)
+    masked = np.where(w > 0, w, np.nan)
+    return np.nanmedian(masked, axis=1)
+
+
+def relative_weights(pixel_weights: np.ndarray, dtype) -> np.ndarray:
+    """The weights over each stamp's :func:`weight_scales` (1 = a typical pixel)."""
+    scales = weight_scales(pixel_weights)
+    return (np.asarray(pixel_weights, dtype=np.float64) / scales[:, None, None]).astype(dtype)
+
+
+class WeightedFidelity(PixelFidelity):
+    r"""½‖W^{1/2}(Y − HX)‖², W the per-pixel weights relative to each stamp's typical one.
+
+    Masked pixels (weight 0) do not enter the data term at all. The residual is carried
+    in pixels (any boundary); the gradient is :math:`H^T (W ∘ (HX − Y))`, whose Lipschitz
+    constant is at most max(W)·ρ(HᵀH) (:func:`weighted_beta`).
+    """
+
+    def __init__(self, conv: Convolution, images: np.ndarray, pixel_weights: np.ndarray):
+        super().__init__(conv, images)
+        self.pixel_weights = pixel_weights
+        self.relative = relative_weights(pixel_weights, images.dtype)
+
+    def gradient(self, resid):
+        return self.conv.adj(self.relative * resid)
+
+    def cost(self, resid) -> float:
+        resid = resid.astype(np.float64)
+        return 0.5 * float(np.sum(self.relative * resid * resid))
+
+    def part(self, lo: int, hi: int) -> WeightedFidelity:
+        """The same fidelity restricted to galaxies ``lo:hi``."""
+        other = copy.copy(self)
+        other.conv = copy.copy(self.conv)
+        other.conv.transfer = _rows(self.conv.transfer, lo, hi)
+        other.images = self.images[lo:hi]
+        other.relative = self.relative[lo:hi]
+        return other
+
+
+def weighted_beta(beta: float, pixel_weights: np.ndarray) -> float:
+    """The Lipschitz constant's bound max(W)·β for relative weights W (β: that of HᵀH)."""
+    return float(beta * np.max(relative_weights(pixel_weights, np.float64)))
+
+
 def operator_bytes(n_images: int, n_psfs: int, spectrum: int, itemsize: int,
                    boundary: str) -> int:
     """Bytes of the operators cached for a stack (:func:`galdecon.core.solver.operators`).

@@ -16,6 +16,7 @@ from functools import partial
 
 import numpy as np
 
+from galdecon.core.fidelity import weight_scales
 from galdecon.core.problem import MAD_TO_SIGMA, NOISE_METHODS
 from galdecon.errors import ConfigError
 
@@ -233,3 +234,13 @@ def sigma_summary(sigmas: np.ndarray) -> dict:
     return {"noise_sigmas": {"n": int(sigmas.size), "min": float(sigmas.min()),
                              "median": float(np.median(sigmas)),
                              "max": float(sigmas.max())}}
+
+
+def weight_sigmas(pixel_weights: np.ndarray) -> np.ndarray:
+    """σ_i of each stamp from its inverse-variance weights: 1/sqrt(median unmasked weight)."""
+    return 1.0 / np.sqrt(weight_scales(pixel_weights))
+
+
+def block_weight_sigmas(block) -> np.ndarray:
+    """:func:`weight_sigmas` of one block's stamps."""
+    return weight_sigmas(block.pixel_weights)

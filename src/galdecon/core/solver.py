@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from galdecon.core.fidelity import FourierFidelity, PixelFidelity
+from galdecon.core.fidelity import FourierFidelity, PixelFidelity, WeightedFidelity
 from galdecon.core.operators.convolution import Convolution
 from galdecon.core.operators.prox import apply_svt
 from galdecon.core.problem import Problem
@@ -58,6 +58,9 @@ class Block:
     pending : ndarray or None
         Low rank only: ỹ of the iteration begun, shape (m, N0, N1), until the global
         threshold finishes it (:func:`lowr_step`).
+    pixel_weights : ndarray or None
+        Per-pixel inverse variances, shape (m, N0, N1), 0 where masked (``--weights``);
+        None: every pixel weighs the same.
     """
 
     start: int
@@ -68,6 +71,7 @@ class Block:
     weights: np.ndarray | None = None
     weights0: np.ndarray | None = None
     pending: np.ndarray | None = None
+    pixel_weights: np.ndarray | None = None
     _ops: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __getstate__(self):
@@ -103,8 +107,11 @@ def operators(block: Block, problem: Problem) -> dict:
     if ops.get("key") != key:
         ops.clear()
         conv = Convolution(block.psfs, problem.shape, s.boundary, problem.dtype)
-        fidelity = (FourierFidelity if s.boundary == "periodic" else PixelFidelity)(
-            conv, block.images)
+        if block.pixel_weights is not None:
+            fidelity = WeightedFidelity(conv, block.images, block.pixel_weights)
+        else:
+            fidelity = (FourierFidelity if s.boundary == "periodic" else PixelFidelity)(
+                conv, block.images)
         ops.update(key=key, conv=conv, fidelity=fidelity, wavelet=problem.wavelet())
     return ops
 
@@ -132,7 +139,7 @@ class OperatorCache:
 
     def __init__(self, max_bytes: int):
         self.max_bytes = int(max_bytes)
-        self._entries: OrderedDict = OrderedDict()  # key -> (images, psfs, operators)
+        self._entries: OrderedDict = OrderedDict()  # key -> (images, psfs, weights, ops)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -141,8 +148,9 @@ class OperatorCache:
         """Give ``block`` (fresh, without operators) those remembered under ``key``."""
         entry = self._entries.get(key)
         if entry is not None and not block._ops:
-            images, psfs, ops = entry
-            if _same_data(images, block.images) and _same_data(psfs, block.psfs):
+            images, psfs, weights, ops = entry
+            if _same_data(images, block.images) and _same_data(psfs, block.psfs) \
+                    and _same_data(weights, block.pixel_weights):
                 block._ops = ops
                 self._entries.move_to_end(key)
 
@@ -150,7 +158,7 @@ class OperatorCache:
         """Keep ``block``'s operators (if built) under ``key``, evicting the oldest."""
         if not block._ops:
             return
-        self._entries[key] = (block.images, block.psfs, block._ops)
+        self._entries[key] = (block.images, block.psfs, block.pixel_weights, block._ops)
         self._entries.move_to_end(key)
         per_entry = self.entry_bytes(block)
         while len(self._entries) > 1 and len(self._entries) * per_entry > self.max_bytes:

@@ -34,6 +34,7 @@ from galdecon.data.validate import (
                                  psf_summary,
                                  validate_like,
                                  validate_psfs,
+                                 validate_weights,
                                  warn_psfs,
 )
 
@@ -42,5 +43,5 @@ __all__ = ["FITS_BITPIX", "FITS_SUFFIXES", "NPY_SUFFIXES", "OUTPUT_FORMATS", "PS
            "check_file", "check_finite", "check_inputs_exist", "check_outputs",
            "check_psfs_not_zero", "check_size_limit", "chunk_sha256", "combine_psf_summaries",
            "file_format", "fsync_dir", "json_default", "output_paths", "peek_shape",
-           "psf_summary", "read_array", "sha256", "split_hdu", "validate_like",
+           "psf_summary", "read_array", "sha256", "split_hdu", "validate_like", "validate_weights",
            "validate_psfs", "warn_psfs", "write_array", "write_json"]

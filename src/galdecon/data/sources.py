@@ -17,7 +17,7 @@ import numpy as np
 
 from galdecon.data import chunked
 from galdecon.data.spec import split_array
-from galdecon.data.validate import check_psfs_not_zero
+from galdecon.data.validate import check_psfs_not_zero, validate_weights
 from galdecon.errors import InputError
 
 #: The solver state a checkpoint saves, per mode: the arrays of every galaxy. A low-rank
@@ -58,6 +58,8 @@ class StoreStack:
         ``pending``).
     dtype : str
         Working precision of the images and the primal.
+    weights : (Store, str) or None
+        Per-pixel inverse variances (0 = masked), the images' shape.
     """
 
     images: tuple
@@ -65,12 +67,15 @@ class StoreStack:
     primal: tuple | None = None
     state: chunked.Store | None = None
     dtype: str = "float64"
+    weights: tuple | None = None
 
     @classmethod
-    def open(cls, images, psfs=None, primal=None, dtype: str = "float64") -> StoreStack:
+    def open(cls, images, psfs=None, primal=None, dtype: str = "float64",
+             weights=None) -> StoreStack:
         """Open the stores named ``URL[array]`` and check their shapes (no pixel is read).
 
-        ``psfs`` defaults to the ``psfs`` array of the images' store.
+        ``psfs`` defaults to the ``psfs`` array of the images' store; ``weights`` (a
+        ``URL[array]``, default array ``weights``) are optional.
         """
         url, name = split_spec(images, "images")
         image_store = chunked.open_store(url)
@@ -80,6 +85,9 @@ class StoreStack:
         if primal is not None:
             p_url, p_name = split_spec(primal, "primal")
             out.primal = (chunked.open_store(p_url), p_name)
+        if weights is not None:
+            w_url, w_name = split_spec(weights, "weights")
+            out.weights = (image_store if w_url == url else chunked.open_store(w_url), w_name)
         out._check()
         return out
 
@@ -107,9 +115,10 @@ class StoreStack:
         if psf[-2] > shape[1] or psf[-1] > shape[2]:
             raise InputError(f"{p_where}: PSF shape {psf[-2:]} is larger than the stamp "
                              f"{shape[1:]}; expected PSFs no larger than the stamps")
-        if self.primal is not None and self._shape(self.primal) != shape:
-            raise InputError(f"{self.primal[0].url}[{self.primal[1]}]: initial primal shape "
-                             f"{self._shape(self.primal)} does not match the images {shape}")
+        for pair, what in ((self.primal, "initial primal"), (self.weights, "weights")):
+            if pair is not None and self._shape(pair) != shape:
+                raise InputError(f"{pair[0].url}[{pair[1]}]: {what} shape "
+                                 f"{self._shape(pair)} does not match the images {shape}")
 
     @property
     def n(self) -> int:
@@ -148,7 +157,8 @@ class StoreStack:
     def digests(self) -> dict:
         """Digests of the images and PSFs from the manifests' chunk checksums (no pixels)."""
         out = {}
-        for key, (store, name) in (("images", self.images), ("psfs", self.psfs)):
+        pairs = (("images", self.images), ("psfs", self.psfs), ("weights", self.weights))
+        for key, (store, name) in ((k, pair) for k, pair in pairs if pair is not None):
             entry = store.manifest["arrays"][name]
             text = json.dumps({k: entry.get(k) for k in ("shape", "dtype", "chunk",
                                                          "sha256")}, sort_keys=True)
@@ -157,7 +167,7 @@ class StoreStack:
 
     def with_state(self, state: chunked.Store) -> StoreStack:
         """The same stacks, with a checkpoint's arrays to start from."""
-        return StoreStack(self.images, self.psfs, None, state, self.dtype)
+        return replace(self, primal=None, state=state)
 
     def with_dtype(self, dtype) -> StoreStack:
         """The same stacks, read in working precision ``dtype``."""
@@ -187,6 +197,13 @@ class StoreStack:
             out["primal"] = np.ascontiguousarray(
                 _finite(q_store.read(q_name, start, stop), q_store.url, q_name, start,
                         "initial primal"), dtype=self.dtype)
+        out["pixel_weights"] = None
+        if self.weights is not None:
+            w_store, w_name = self.weights
+            weights = _finite(w_store.read(w_name, start, stop), w_store.url, w_name, start,
+                              "the weights of image")
+            out["pixel_weights"] = validate_weights(weights, images,
+                                                    f"{w_store.url}[{w_name}]", start)
         for key in STATE_ARRAYS:
             out.setdefault(key, None)
         if self.state is not None:

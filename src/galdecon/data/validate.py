@@ -125,6 +125,24 @@ def validate_like(array: np.ndarray, images: np.ndarray, path, what: str,
     return stack
 
 
+def validate_weights(array: np.ndarray, images: np.ndarray, path, start: int = 0) -> np.ndarray:
+    """Check per-pixel inverse-variance weights: the images' shape, finite, >= 0, and no
+    stamp masked entirely (its noise and data term would be undefined); float64.
+
+    ``start`` is the index of the first stamp (a block of a store)."""
+    weights = validate_like(array, images, path, "weights (inverse variance)")
+    negative = np.flatnonzero((weights < 0).reshape(len(weights), -1).any(axis=1))
+    if negative.size:
+        raise InputError(f"{path}: the weights of image {start + int(negative[0])} are "
+                         "negative; expected inverse variances >= 0 (0 = masked)")
+    empty = np.flatnonzero(~(weights > 0).reshape(len(weights), -1).any(axis=1))
+    if empty.size:
+        raise InputError(f"{path}: image {start + int(empty[0])} is masked entirely (all "
+                         f"its weights are 0; {empty.size} such image(s)); expected some "
+                         "pixels with weight > 0 in every stamp")
+    return weights
+
+
 # -- the PSF checks of a block, for a map-reduce over the blocks of a stack -----------------
 
 def _psf_name(shared: bool):

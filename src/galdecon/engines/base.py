@@ -158,7 +158,8 @@ class Engine(abc.ABC):
 
 
 #: Block attributes a scatter may carry, one slice of the galaxy axis each.
-SCATTERED = ("images", "psfs", "primal", "dual", "weights", "weights0", "pending")
+SCATTERED = ("images", "psfs", "primal", "dual", "weights", "weights0", "pending",
+             "pixel_weights")
 
 
 def _layout(block, names) -> dict:

@@ -63,7 +63,8 @@ class Result:
         return np.column_stack([h["cost_iterations"], h["costs"]])
 
 
-def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "local",
+def deconvolve(images, psfs, *, initial_primal=None, truth=None, weights=None,
+               engine: str = "local",
                sync_every: int | None = None, kernel: float | None = None, progress=None,
                settings: Settings | None = None, input_names: dict | None = None,
                checkpoint=None, checkpoint_every: int | None = None,
@@ -72,8 +73,9 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
                **options) -> Result:
     r"""Deconvolve a stack of galaxy stamps from their PSFs.
 
-    Solves :math:`\min_X \tfrac12\|Y - HX\|^2 + \iota_{X\ge0}(X) + K(LX)` with the
-    Condat–Vũ primal–dual algorithm (sparse wavelet or low-rank regularisation).
+    Solves :math:`\min_X \tfrac12\|W^{1/2}(Y - HX)\|^2 + \iota_{X\ge0}(X) + K(LX)` with
+    the Condat–Vũ primal–dual algorithm (sparse wavelet or low-rank regularisation);
+    W = 1 unless per-pixel ``weights`` are given.
 
     Parameters
     ----------
@@ -86,6 +88,11 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
         Starting estimate (default: ones), e.g. a previous result.
     truth : array_like, optional
         True images; when given the record holds pixel error, ellipticity error and PSNR.
+    weights : array_like, shape (n, N0, N1), optional
+        Per-pixel inverse variances, 0 where a pixel is masked (bad pixels, cosmic rays,
+        neighbours). Each stamp's pixels weigh relative to its median unmasked weight,
+        whose 1/sqrt is then that stamp's noise σ_i for the sparse thresholds (unless
+        ``noise_est`` is given); β grows by the largest relative weight.
     engine : {'local', 'spark'}
         Where the blocks run.
     sync_every : int, optional
@@ -150,7 +157,8 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, engine: str = "
     t_start = time.perf_counter()
     settings, engine_options = resolve_options(settings, options)
     kernel = check_kernel(kernel)
-    inputs = read_inputs(images, psfs, initial_primal, truth, settings.dtype, input_names)
+    inputs = read_inputs(images, psfs, initial_primal, truth, settings.dtype, input_names,
+                         weights)
     plan = plan_run(inputs, settings, engine, engine_options, sync_every=sync_every,
                     checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                     checkpoint_extra=checkpoint_extra, resume=resume)

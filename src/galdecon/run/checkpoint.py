@@ -235,8 +235,8 @@ def check_compatible(checkpoint: Checkpoint, settings, digests: dict, n_images: 
         raise InputError(f"{where}: the checkpoint is of {meta['n_images']} stamps "
                          f"{tuple(meta['stamp_shape'])}; the input has {n_images} stamps "
                          f"{tuple(shape)}")
-    for name in ("images", "psfs"):
-        if meta["digests"].get(name) != digests[name]:
+    for name in sorted(set(meta["digests"]) | set(digests)):
+        if meta["digests"].get(name) != digests.get(name):
             raise InputError(f"{where}: the {name} differ from those the checkpointed run "
                              "started with (checksum mismatch); resume with the same inputs")
     saved = meta["settings"]

@@ -18,12 +18,15 @@ from functools import partial
 import numpy as np
 
 from galdecon.core import lowrank
+from galdecon.core.fidelity import weighted_beta
 from galdecon.core.noise import (
     block_sigmas,
+    block_weight_sigmas,
     check_image_sigmas,
     image_sigmas,
     noise_sigma,
     sigma_summary,
+    weight_sigmas,
 )
 from galdecon.core.operators.convolution import Convolution
 from galdecon.core.operators.prox import nuclear_norm_of, svt_factors
@@ -67,18 +70,42 @@ class History:
 
 
 def block_beta(block: Block, settings: Settings, shape) -> float:
-    """β of one block's PSFs."""
-    return Convolution(block.psfs, shape, settings.boundary).beta()
+    """β of one block's PSFs (times the largest relative pixel weight, if weighted)."""
+    beta = Convolution(block.psfs, shape, settings.boundary).beta()
+    return beta if block.pixel_weights is None else weighted_beta(beta, block.pixel_weights)
+
+
+def has_pixel_weights(block: Block) -> bool:
+    """Whether the run weighs its pixels (``--weights``)."""
+    return block.pixel_weights is not None
+
+
+def galaxy_sigmas(block: Block, problem: Problem):
+    """The σ the block's sparse weights scale with: one per galaxy, or the problem's."""
+    s = problem.settings
+    if s.noise_est in NOISE_METHODS:
+        return image_sigmas(block.images, s.noise_est)[:, None]
+    if s.noise_est is None and block.pixel_weights is not None:
+        return weight_sigmas(block.pixel_weights)[:, None]
+    return problem.noise_sigma
 
 
 def init_block(block: Block, problem: Problem) -> tuple[Block, None]:
-    """Set the initial primal (ones unless given), dual (ones) and sparse weights."""
+    """Set the initial primal (ones, or zeros with pixel weights, unless given), dual
+    (ones) and sparse weights."""
     s = problem.settings
     dtype = problem.dtype
     m = block.size
     shape = problem.shape
-    primal = (np.ones((m,) + shape, dtype=dtype) if block.primal is None
-              else np.array(block.primal, dtype=dtype))
+    if block.primal is not None:
+        primal = np.array(block.primal, dtype=dtype)
+    elif block.pixel_weights is not None:
+        # Zeros, not the reference's ones: masked pixels couple a constant offset into the
+        # slowest modes of the weighted data term (with 10 % of the pixels masked, ones
+        # need over 1,000 iterations to reach the error zeros reach in ~200).
+        primal = np.zeros((m,) + shape, dtype=dtype)
+    else:
+        primal = np.ones((m,) + shape, dtype=dtype)
     images = np.asarray(block.images, dtype=dtype)
     changes = {"primal": primal, "images": images, "pending": None}
     if block.dual is not None:  # a resumed run: the saved state, exactly
@@ -90,9 +117,7 @@ def init_block(block: Block, problem: Problem) -> tuple[Block, None]:
             changes["weights0"] = np.array(block.weights0)
     elif s.mode == "sparse":
         changes["dual"] = np.ones((m, s.n_bands) + shape, dtype=dtype)
-        sigma = (image_sigmas(block.images, s.noise_est)[:, None]
-                 if s.noise_est in NOISE_METHODS else problem.noise_sigma)
-        weights = sparse_weights(block.psfs, shape, s, sigma)
+        weights = sparse_weights(block.psfs, shape, s, galaxy_sigmas(block, problem))
         weights = np.broadcast_to(weights, (m, s.n_bands)).copy()
         changes["weights"] = weights
         changes["weights0"] = weights.copy()
@@ -215,15 +240,18 @@ class Driver:
     def _noise_level(self) -> tuple[float, dict]:
         """σ for the problem, and what the record says of per-image σ_i.
 
-        Per-image estimates are gathered (one number a galaxy) and checked here; the
-        blocks compute the same σ_i again from their stamps for their weights. The
-        problem's σ is then their RMS, the noise level of the whole matrix.
+        Per-image estimates — from each stamp's pixels, or from its inverse-variance
+        weights when the run has them and no ``noise_est`` — are gathered (one number a
+        galaxy) and checked here; the blocks compute the same σ_i again for their
+        weights. The problem's σ is then their RMS, the noise level of the whole matrix.
         """
         s = self.settings
-        if s.noise_est in NOISE_METHODS:
-            sigmas = self.engine.reduce(partial(block_sigmas, method=s.noise_est),
-                                        lambda a, b: np.concatenate([a, b]))
-            check_image_sigmas(sigmas, s.noise_est)
+        weighted = s.noise_est is None and self.engine.first(has_pixel_weights)
+        if s.noise_est in NOISE_METHODS or weighted:
+            fn = block_weight_sigmas if weighted else partial(block_sigmas, method=s.noise_est)
+            sigmas = self.engine.reduce(fn, lambda a, b: np.concatenate([a, b]))
+            if not weighted:  # weights are checked as an input (every stamp has some)
+                check_image_sigmas(sigmas, s.noise_est)
             return float(np.sqrt(np.mean(sigmas ** 2))), sigma_summary(sigmas)
         if s.noise_est is not None:
             return s.noise_est, {}

@@ -53,7 +53,8 @@ def start_blocks(eng, driver: Driver, inputs: Inputs, start) -> None:
         if not source.shared_psf:
             warn_store_psfs(eng, source)
     else:
-        arrays = {"images": inputs.images, "psfs": inputs.psfs, "primal": inputs.primal}
+        arrays = {"images": inputs.images, "psfs": inputs.psfs, "primal": inputs.primal,
+                  "pixel_weights": inputs.weights}
         if start is not None:
             saved = start.arrays()
             start.check_shapes(saved, driver.settings)

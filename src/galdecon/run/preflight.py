@@ -109,6 +109,8 @@ def _parts(size: dict) -> dict:
         "psfs": size["n_psfs"] * k0 * k1 * (psf_read.itemsize + (w if psf_read != work else 0)),
         "initial_primal": stack * (1 + (read != work)) if size["initial_primal"] else 0,
         "truth": n * p * 8 * (1 + (read != np.float64)) if size["truth"] else 0,
+        # --weights: validated as float64, and the relative weights the data term holds
+        "pixel_weights": n * p * (8 + w) if size.get("weights") else 0,
         "operators": operator_bytes(n, size["n_psfs"], size["spectrum"], w, size["boundary"]),
     }
     dual_bands = size["bands"] if size["mode"] == "sparse" else 1
@@ -156,7 +158,8 @@ def _spark_phases(size: dict, parts: dict) -> tuple[dict, float]:
     """
     n, p, w = size["n"], size["p"], size["work"].itemsize
     spark = spark_engine.footprint(n, parts, size["threads"], size["block_size"])
-    driver_inputs = parts["images"] + parts["psfs"] + parts["initial_primal"] + parts["truth"]
+    driver_inputs = (parts["images"] + parts["psfs"] + parts["initial_primal"] + parts["truth"]
+                     + parts["pixel_weights"])
     stack = n * p * w
     dual = parts["state"] - stack
     gathered = stack + 2 * dual
@@ -199,7 +202,7 @@ def _sizes(n_images, stamp_shape, psf_shape, shared_psf, mode, n_bands, dtype, e
 def estimate_bytes(n_images: int, stamp_shape, psf_shape, shared_psf: bool, mode: str,
                    n_bands: int, dtype, engine: str = "local", *, boundary: str = "periodic",
                    n_reweights: int = 1, input_dtype=None, psf_dtype=None,
-                   initial_primal: bool = False, truth: bool = False,
+                   initial_primal: bool = False, truth: bool = False, weights: bool = False,
                    noise_given: bool = False, threads: int | None = None,
                    block_size: int = DEFAULT_BLOCK_SIZE) -> dict:
     """Estimate the peak memory of a deconvolution from the sizes alone.
@@ -226,7 +229,7 @@ def estimate_bytes(n_images: int, stamp_shape, psf_shape, shared_psf: bool, mode
     input_dtype, psf_dtype : dtype, optional
         Types of the stacks as read (default: the working dtype); a different type means
         the working copy is held beside the array as read.
-    initial_primal, truth : bool
+    initial_primal, truth, weights : bool
         Whether an initial primal (``-k``) or the true images (``-c``) are given.
     noise_given : bool
         Whether σ is given (``--noise-est``); otherwise it is estimated exactly.
@@ -259,7 +262,8 @@ def estimate_bytes(n_images: int, stamp_shape, psf_shape, shared_psf: bool, mode
     """
     size = _sizes(n_images, stamp_shape, psf_shape, shared_psf, mode, n_bands, dtype, engine,
                   boundary, n_reweights, input_dtype, psf_dtype, threads, block_size)
-    size.update(initial_primal=initial_primal, truth=truth, noise_given=noise_given)
+    size.update(initial_primal=initial_primal, truth=truth, noise_given=noise_given,
+                weights=weights)
     n, p = size["n"], size["p"]
     parts = _parts(size)
     phases = _local_phases(size, parts)
@@ -324,7 +328,8 @@ def check_memory(estimate: dict, force: bool = False, what: str | None = None,
 
 
 def check_inputs(images, psfs, settings, *, force: bool = False, initial_primal=None,
-                 truth=None, engine: str = "local", threads: int | None = None) -> dict | None:
+                 truth=None, engine: str = "local", threads: int | None = None,
+                 weights=None) -> dict | None:
     """Estimate a run on input files from their headers alone and refuse it if it cannot fit.
 
     Call it after the options are validated and before anything is read: the headers are
@@ -338,8 +343,9 @@ def check_inputs(images, psfs, settings, *, force: bool = False, initial_primal=
         The run's settings (mode, dtype, boundary, wavelet scales, reweights, noise_est).
     force : bool
         Run even if the estimate exceeds the memory available (a warning is logged).
-    initial_primal, truth : str or path, optional
-        Given when ``-k`` / ``-c`` are (counted as arrays of the images' size).
+    initial_primal, truth, weights : str or path, optional
+        Given when ``-k`` / ``-c`` / ``--weights`` are (counted as arrays of the images'
+        size).
     engine : {'local', 'spark'}
     threads : int, optional
         Worker threads (default: the cores available).
@@ -367,6 +373,7 @@ def check_inputs(images, psfs, settings, *, force: bool = False, initial_primal=
         settings.mode, settings.n_bands, settings.dtype, engine, boundary=settings.boundary,
         n_reweights=settings.n_reweights, input_dtype=image_dtype, psf_dtype=psf_dtype,
         initial_primal=initial_primal is not None, truth=truth is not None,
-        noise_given=settings.noise_est is not None, threads=threads)
+        weights=weights is not None, noise_given=settings.noise_est is not None,
+        threads=threads)
     check_memory(estimate, force, estimate["description"])
     return estimate

@@ -28,7 +28,7 @@ OPERATOR_CACHE_BYTES = 1 << 30
 # any partition's task, so each may see them all).
 STATIC_CACHE_BYTES = 1 << 30
 #: Block attributes that no map changes in a run (unless it replaces them, see module doc).
-STATIC_FIELDS = ("images", "psfs")
+STATIC_FIELDS = ("images", "psfs", "pixel_weights")
 #: Block attributes that move through the JVM at every map.
 STATE_FIELDS = ("primal", "dual", "weights", "weights0", "pending")
 _WORKER_READY = False
@@ -120,7 +120,7 @@ def state_record(block: Block, static: dict) -> dict:
         record[name] = getattr(block, name)
     for name in STATIC_FIELDS:
         value = getattr(block, name)
-        if not _same_array(value, static[name]):  # e.g. images cast to another dtype
+        if not _same_array(value, static.get(name)):  # e.g. images cast to another dtype
             record[name] = value
     return record
 
