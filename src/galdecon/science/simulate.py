@@ -49,7 +49,6 @@ from galdecon.science.population import (
     STAMP_SIZE,
     Optics,
     Population,
-    draw_chunk,
     draw_galaxy,
     draw_psf,
     draw_psf_bank,
