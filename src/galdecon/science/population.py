@@ -126,10 +126,11 @@ def galaxy_parameters(seed: int, index: int, population: Population) -> dict:
     """Draw the parameters of galaxy ``index`` from its own stream ``(seed, index)``."""
     rng = random_stream(seed, GALAXY_STREAM, index)
     hlr = _draw_hlr(rng, population)
+    # 0 where a parameter does not apply (no NaN: catalogues then compare as arrays)
     if population.profile == "bulge+disk":
-        bulge_fraction, sersic_n = float(rng.beta(1.0, 2.0)), np.nan
+        bulge_fraction, sersic_n = float(rng.beta(1.0, 2.0)), 0.0
     else:
-        bulge_fraction, sersic_n = np.nan, _draw_sersic_n(rng, population)
+        bulge_fraction, sersic_n = 0.0, _draw_sersic_n(rng, population)
     e = float(population.e_max * rng.beta(1.6, 3.0))
     beta = float(rng.uniform(0.0, np.pi))
     dx, dy = (float(v) for v in rng.uniform(-0.5, 0.5, size=2))
@@ -157,8 +158,9 @@ def galaxy_parameters(seed: int, index: int, population: Population) -> dict:
                  "blend_distance": float(rng.uniform(*population.blend_separation)),
                  "blend_angle": float(rng.uniform(0.0, 2.0 * np.pi))}
     if not blend:
-        companion = dict.fromkeys(companion, np.nan) | {"blend_flux": 0.0}
-    return params | {"blend": blend} | companion
+        companion = dict.fromkeys(companion, 0.0)
+    return params | {"blend": blend, "blend_dx": 0.0, "blend_dy": 0.0, "blend_e1": 0.0,
+                     "blend_e2": 0.0} | companion
 
 
 def _draw_hlr(rng: np.random.Generator, population: Population) -> float:
@@ -237,9 +239,10 @@ def _companion(params: dict, stamp_size: int, pixel_scale: float):
     params["blend_dx"] = params["dx"] + distance * np.cos(params["blend_angle"])
     params["blend_dy"] = params["dy"] + distance * np.sin(params["blend_angle"])
     e, beta = params["blend_e"], params["blend_beta"]
+    params["blend_e1"], params["blend_e2"] = e * np.cos(2 * beta), e * np.sin(2 * beta)
     return (galsim.Sersic(params["blend_sersic_n"], half_light_radius=params["blend_hlr"],
                           flux=params["blend_flux"])
-            .shear(e1=e * np.cos(2 * beta), e2=e * np.sin(2 * beta))
+            .shear(e1=params["blend_e1"], e2=params["blend_e2"])
             .shift(params["blend_dx"] * pixel_scale, params["blend_dy"] * pixel_scale))
 
 

@@ -77,7 +77,7 @@ CATALOGUE_FIELDS = [
     ("astig1", "f8"), ("astig2", "f8"), ("coma1", "f8"), ("coma2", "f8"),
     ("psf_flux_in_stamp", "f8"), ("sersic_n", "f8"), ("blend", "?"), ("blend_flux", "f8"),
     ("blend_dx", "f8"), ("blend_dy", "f8"), ("blend_hlr", "f8"), ("blend_sersic_n", "f8"),
-    ("flux", "f8"),
+    ("blend_e1", "f8"), ("blend_e2", "f8"), ("flux", "f8"),
 ]
 
 
