@@ -242,23 +242,36 @@ def test_default_render_is_galsims_convolution_of_the_profiles(rendered):
     assert np.all(lost < 0.97) and np.all(lost > 0.85)
 
 
-def test_truth_is_the_galaxy_drawn_with_the_pixel(rendered):
-    rows = _rows(rendered)
-    np.testing.assert_allclose(rendered["truth"].sum(axis=(1, 2)), 1.0, rtol=1e-12)
+def _catalogue_truth(row, truth_fwhm):
+    """A smooth galaxy's truth rebuilt from its catalogue row alone (not normalised)."""
+    parts = [galsim.Sersic(row["sersic_n"], half_light_radius=row["hlr"])
+             .shear(e1=row["e1"], e2=row["e2"]).shift(row["dx"] * 0.05, row["dy"] * 0.05)]
+    if row["blend"]:
+        parts.append(galsim.Sersic(row["blend_sersic_n"], half_light_radius=row["blend_hlr"],
+                                   flux=row["blend_flux"])
+                     .shear(e1=row["blend_e1"], e2=row["blend_e2"])
+                     .shift(row["blend_dx"] * 0.05, row["blend_dy"] * 0.05))
+    if truth_fwhm:
+        parts = [galsim.Convolve(q, galsim.Gaussian(fwhm=truth_fwhm)) for q in parts]
+    method = "auto" if truth_fwhm else "real_space"  # the pixel, integrated exactly
+    return sum(q.drawImage(nx=N, ny=N, scale=0.05, dtype=np.float64, method=method,
+                           offset=centre_offset(N)).array for q in parts)
+
+
+@pytest.mark.parametrize("truth_fwhm", [0.07, 0.0])
+def test_truth_is_the_galaxy_drawn_with_the_pixel(rendered, truth_fwhm):
+    data = rendered if truth_fwhm else simulate(
+        8, seed=5, snr=(10,), workers=1,
+        population=Population(clumpy_fraction=0.4, blend_fraction=0.4, truth_fwhm=0.0,
+                              knot_fwhm=0.05))
+    rows = _rows(data)
+    np.testing.assert_allclose(data["truth"].sum(axis=(1, 2)), 1.0, rtol=1e-12)
+    assert data["meta"]["population"]["truth_fwhm"] == truth_fwhm
     smooth = [i for i, row in enumerate(rows) if not row["clumpy"]]
     assert smooth and any(rows[i]["blend"] for i in smooth)
-    for i in smooth:  # rebuilt from the catalogue alone: Sersic profiles, pixel-integrated
-        row = rows[i]
-        parts = [galsim.Sersic(row["sersic_n"], half_light_radius=row["hlr"])
-                 .shear(e1=row["e1"], e2=row["e2"]).shift(row["dx"] * 0.05, row["dy"] * 0.05)]
-        if row["blend"]:
-            parts.append(galsim.Sersic(row["blend_sersic_n"], half_light_radius=row["blend_hlr"],
-                                       flux=row["blend_flux"])
-                         .shear(e1=row["blend_e1"], e2=row["blend_e2"])
-                         .shift(row["blend_dx"] * 0.05, row["blend_dy"] * 0.05))
-        truth = sum(p.drawImage(nx=N, ny=N, scale=0.05, dtype=np.float64, method="real_space",
-                                offset=centre_offset(N)).array for p in parts)
-        np.testing.assert_allclose(rendered["truth"][i] * row["flux_in_stamp"], truth,
+    for i in smooth:
+        truth = _catalogue_truth(rows[i], truth_fwhm)
+        np.testing.assert_allclose(data["truth"][i] * rows[i]["flux_in_stamp"], truth,
                                    rtol=0, atol=1e-12 * truth.max())
 
 

@@ -80,7 +80,7 @@ def add_simulate_parser(sub) -> argparse.ArgumentParser:
                           "SNR per galaxy; sky: one sigma per level for the whole stack, "
                           "galaxy fluxes spread over --flux-dex decades, the SNR being the "
                           "median over galaxies of std(H_i X_i) / sigma")
-    sim.add_argument(*aliases("--flux-dex"), type=_decades, default=DEFAULT_FLUX_DEX,
+    sim.add_argument(*aliases("--flux-dex"), type=_non_negative, default=DEFAULT_FLUX_DEX,
                      metavar="DEX", help="with --noise sky: the decades galaxy fluxes span, "
                      "drawn from Euclidean counts N(>F) ~ F^-1.5 above a faint limit, so "
                      f"most are near it (default {DEFAULT_FLUX_DEX:g})")
@@ -106,7 +106,7 @@ def add_simulate_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _decades(text: str) -> float:
+def _non_negative(text: str) -> float:
     """A finite number >= 0 (0: every galaxy has the same flux)."""
     try:
         value = float(text)
@@ -121,13 +121,14 @@ def _add_population_options(p, sersic, bulge_disk) -> None:
     """The galaxy population's options; unset ones take the model's default population."""
     pop = p.add_argument_group(
         "galaxies", "defaults: with --model galsim a realistic mix of Sersic galaxies "
-        f"(index log-uniform {sersic.sersic_range[0]:g}-{sersic.sersic_range[1]:g}: mostly "
-        "disks, some spheroids, as in HST fits of faint galaxies; half-light radius "
-        f"log-normal, median {sersic.median_hlr:g}\", up to {sersic.hlr_range[1]:g}\" (half "
-        f"the 41-pixel stamp across); {sersic.clumpy_fraction:g} with star-forming knots, "
-        f"{sersic.blend_fraction:g} blended with a neighbour); with --model discrete the "
-        f"bulge+disk population of docs/science.md (median {bulge_disk.median_hlr:g}\", "
-        "no knots, no blends)")
+        f"(index log-uniform {sersic.sersic_range[0]:g}-{sersic.sersic_range[1]:g}, median "
+        "1.4: mostly disks, some spheroids, roughly as in HST Sersic fits of faint "
+        f"galaxies; half-light radius log-normal, median {sersic.median_hlr:g}\", up to "
+        f"{sersic.hlr_range[1]:g}\" (a half-light diameter of half the 41-pixel stamp); "
+        f"{sersic.clumpy_fraction:g} with star-forming knots, {sersic.blend_fraction:g} "
+        f"blended with a neighbour; true images at {sersic.truth_fwhm:g}\" resolution); "
+        "with --model discrete the bulge+disk population of docs/science.md (median "
+        f"{bulge_disk.median_hlr:g}\", no knots, no blends)")
     pop.add_argument("--profile", choices=("sersic", "bulge+disk"), default=None,
                      help="galaxy profile (default: sersic for galsim, bulge+disk for "
                           "discrete)")
@@ -145,6 +146,12 @@ def _add_population_options(p, sersic, bulge_disk) -> None:
                      help="fraction of galaxies with star-forming knots (galsim.RandomKnots;"
                           f" default {sersic.clumpy_fraction:g}, discrete "
                           f"{bulge_disk.clumpy_fraction:g})")
+    pop.add_argument(*aliases("--truth-fwhm"), type=_non_negative, default=None,
+                     metavar="ARCSEC", help="resolution of the true image: the galaxies are "
+                     f"convolved with a Gaussian of this FWHM (default {sersic.truth_fwhm:g}"
+                     ", well below the PSF's 0.16; 0: full resolution, where HSM fails on "
+                     "the cusps of ~8 %% of true images and knots become Gaussians one "
+                     "pixel wide)")
     pop.add_argument(*aliases("--blend-fraction"), type=fraction, default=None,
                      help="fraction of stamps with a second, offset galaxy (default "
                           f"{sersic.blend_fraction:g}, discrete {bulge_disk.blend_fraction:g})")
@@ -162,7 +169,11 @@ def population_from_args(args):
                "sersic_range": tuple(args.sersic_range) if args.sersic_range else None,
                "hlr_range": (min(base.hlr_range[0], args.max_hlr), args.max_hlr)
                if args.max_hlr else None}
-    return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+    changes["truth_fwhm"] = args.truth_fwhm
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if changes.get("truth_fwhm") == 0 and base.knot_fwhm == 0:
+        changes["knot_fwhm"] = args.pixel_scale  # point knots need a resolution to be drawn
+    return dataclasses.replace(base, **changes)
 
 
 def _export_paths(directory: Path, snr) -> dict:
