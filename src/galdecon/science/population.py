@@ -198,9 +198,10 @@ def scene_components(params: dict, population: Population = Population(),
                      stamp_size: int = STAMP_SIZE, pixel_scale: float = PIXEL_SCALE) -> list:
     """The GalSim profiles of one stamp's scene (flux 1 for the galaxy; a companion's added).
 
-    Each is drawn on its own for the truth (:func:`draw_truth`): the smooth Sersic profiles
-    analytically in real space, the knots and anything convolved by FFT. Adds the
-    companion's offset in pixels (``blend_dx``, ``blend_dy``) to ``params``.
+    Each is drawn on its own for the truth (:func:`draw_truth`): a Sersic profile at full
+    resolution (``truth_fwhm`` 0) analytically in real space, knots and anything
+    convolved (the truth's resolution) by FFT. Adds the companion's offset in pixels
+    (``blend_dx``, ``blend_dy``) and shear (``blend_e1``, ``blend_e2``) to ``params``.
     """
     galsim = galsim_import.galsim("simulated data")
     hlr, shift = params["hlr"], (params["dx"] * pixel_scale, params["dy"] * pixel_scale)
