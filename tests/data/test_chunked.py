@@ -110,7 +110,7 @@ def test_simulated_npz_converts_into_one_store_with_all_its_arrays(tmp_path):
     assert run_cli("convert", tmp_path / "sim.npz", tmp_path / "sim.zarr", "--chunk", 5) == 0
     store = chunked.open_store(tmp_path / "sim.zarr")
     assert set(store.names) == {"truth", "psfs", "clean", "sigma", "catalogue",
-                                "noisy_snr2", "noisy_snr10"}
+                                "noisy_snr2", "noisy_snr10", "sigma_snr2", "sigma_snr10"}
     for key in ("truth", "psfs", "clean", "sigma", "catalogue"):
         np.testing.assert_array_equal(store.read(key), data[key])
     np.testing.assert_array_equal(store.read("noisy_snr10"), data["noisy"][10.0])

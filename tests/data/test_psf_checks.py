@@ -10,9 +10,12 @@ import galdecon
 from galdecon.data import chunked
 from galdecon.data.sources import StoreStack
 from galdecon.data.validate import (
+    NEGATIVE_FLUX_FRACTION,
+    NEGATIVE_PEAK_FRACTION,
     PsfSummary,
     combine_psf_summaries,
     psf_summary,
+    significant_negative,
     validate_psfs,
     warn_psfs,
 )
@@ -42,8 +45,9 @@ def _blocks_warn(psfs, path, edges):
 
 
 def test_block_summaries_give_the_warnings_of_the_whole_stack():
-    psfs = _psfs()
-    psfs[3, 0, 0] = -1e-3
+    psfs = _psfs()  # peaks 0.16: negative pixels below -0.0016 are warned of
+    psfs[1, 0, 0] = -1e-3  # ringing, not warned of
+    psfs[3, 0, 0] = -3e-3
     psfs[7, 1, 1] = -5e-3  # the most negative
     psfs[8] *= 1.1  # does not sum to 1
     whole = _messages(lambda: validate_psfs(psfs, 10, (9, 9), "p.npy"))
@@ -70,7 +74,7 @@ def test_combining_is_associative_and_commutative():
 
 def test_a_shared_psf_is_named_as_such():
     psf = _psfs(1)[0]
-    shift = psf[0, 0] + 1e-3
+    shift = psf[0, 0] + 5e-3
     psf[0, 0] -= shift
     psf[2, 2] += shift  # still sums to 1: only the negative pixel is warned of
     (message,) = _messages(lambda: validate_psfs(psf, 4, (9, 9), "p.npy"))
@@ -91,7 +95,7 @@ def test_a_store_block_with_a_zero_psf_is_named(tmp_path):
 def test_a_store_run_warns_of_negative_psf_pixels(tmp_path):
     rng = np.random.default_rng(1)
     psfs = _psfs(8)
-    shift = psfs[5, 0, 0] + 1e-3
+    shift = psfs[5, 0, 0] + 5e-3
     psfs[5, 0, 0] -= shift
     psfs[5, 2, 2] += shift  # still sums to 1: only the negative pixel is warned of
     images = rng.random((8, 16, 16))
@@ -102,3 +106,55 @@ def test_a_store_run_warns_of_negative_psf_pixels(tmp_path):
                             n_reweights=0, output=chunked.create_store(tmp_path / "o.zarr"))
     with pytest.warns(GalDeconWarning, match=r"1 PSF\(s\) have negative pixels"):
         galdecon.deconvolve(images, psfs, n_iter=2, n_reweights=0)
+
+
+def _negative_messages(call):
+    return [m for m in _messages(call) if "negative" in m]
+
+
+def test_negative_pixels_warn_only_below_one_percent_of_the_peak():
+    psf = _psfs(1)[0]
+    threshold = NEGATIVE_PEAK_FRACTION * psf.max()
+    below, above = psf.copy(), psf.copy()
+    below[0, 0], above[0, 0] = -1.001 * threshold, -0.999 * threshold
+    np.testing.assert_array_equal(significant_negative(np.stack([below, above]).reshape(2, -1)),
+                                  [True, False])
+    (message,) = _negative_messages(lambda: validate_psfs(np.stack([above, below]), 2, (9, 9),
+                                                          "p.npy"))
+    assert message.startswith("p.npy: 1 PSF(s) have negative pixels (first: PSF 1; most "
+                              f"negative value {below.min():.8g} in PSF 1)")
+    assert _negative_messages(lambda: validate_psfs(above, 1, (9, 9), "p.npy")) == []
+
+
+def test_many_small_negative_pixels_warn_when_they_hold_one_percent_of_the_flux():
+    k = 21
+    y, x = np.mgrid[:k, :k] - k // 2
+    wings = (x**2 + y**2) > 25  # 360 pixels of over-subtracted background
+    for depth, warned in ((1.001, True), (0.999, False)):
+        psf = np.where(wings, 0.0, np.exp(-(x**2 + y**2) / 2.0))
+        positive = psf.sum()
+        # every wing pixel the same small negative value, far above -1 % of the peak
+        psf[wings] = -depth * NEGATIVE_FLUX_FRACTION * positive / wings.sum()
+        assert psf.min() > -0.1 * NEGATIVE_PEAK_FRACTION * psf.max()
+        psf /= psf.sum()  # unit sum: only the negatives can warn
+        assert -psf[wings].sum() / psf[~wings].sum() == pytest.approx(
+            depth * NEGATIVE_FLUX_FRACTION, rel=1e-12)
+        messages = _messages(lambda p=psf: validate_psfs(p, 1, (k, k), "p.npy"))
+        assert len(messages) == warned
+        assert all("1 PSF(s) have negative pixels (first: the PSF (one for all)" in m
+                   for m in messages)
+
+
+def test_galsim_optical_psfs_ringing_below_zero_are_not_warned_of():
+    galsim = pytest.importorskip("galsim")
+    psfs = []
+    for defocus, astig, coma in ((0.0, 0.0, 0.0), (0.1, 0.05, 0.04), (-0.08, -0.05, 0.03)):
+        optical = galsim.OpticalPSF(lam=725.0, diam=1.2, obscuration=0.3, nstruts=3,
+                                    strut_thick=0.05, defocus=defocus, astig1=astig,
+                                    coma2=coma)
+        image = optical.drawImage(nx=41, ny=41, scale=0.05, method="no_pixel",
+                                  dtype=np.float64).array
+        psfs.append(image / image.sum())
+    psfs = np.stack(psfs)
+    assert (psfs < 0).any(axis=(1, 2)).all()  # they do ring below zero
+    assert _messages(lambda: validate_psfs(psfs, 3, (41, 41), "optical.npy")) == []

@@ -28,15 +28,29 @@ from galdecon.errors import ConfigError, InputError
 
 def add_simulate_parser(sub) -> argparse.ArgumentParser:
     """Define ``galdecon simulate`` and its options."""
-    from galdecon.science.simulate import DEFAULT_SNR, PIXEL_SCALE, STAMP_SIZE, Population
+    from galdecon.science.simulate import (
+        BULGE_DISK,
+        DEFAULT_FLUX_DEX,
+        DEFAULT_SNR,
+        PIXEL_SCALE,
+        STAMP_SIZE,
+        Population,
+    )
 
+    sersic = Population()
     p = new_parser(
         sub, "simulate", "simulate galaxies, PSFs and noisy observations with known truth",
-        "Simulate a GREAT3-like stack with GalSim: bulge+disk galaxies, Euclid-like optical "
-        "PSFs varying across the field, observations Y = H X + noise at several SNRs "
-        "(sigma_i = std(H_i X_i) / SNR). Writes one .npz data set (the same seed gives the "
-        "same bytes), or a chunked store (NAME.zarr or a URL) written chunk by chunk by "
-        "the worker processes, never held in memory (the same arrays as the .npz).")
+        "Simulate a GREAT3-like stack with GalSim: galaxies seen through Euclid-like optical "
+        "PSFs varying across the field, noisy observations at several SNRs. By default "
+        "(--model galsim) the observation is GalSim's own convolution of the galaxy and PSF "
+        "profiles with the pixel response, the truth the galaxy drawn with the pixel, and "
+        "the PSF given to the solver the stamp-sized image drawn without the pixel (unit "
+        "sum, truncated by the stamp): the solver's model is then an approximation of the "
+        "data, as on the sky. --model discrete makes Y = H X with galdecon's own periodic "
+        "convolution of the truth (the data of the tables in docs/science.md). Writes one "
+        ".npz data set (the same seed gives the same bytes), or a chunked store (NAME.zarr "
+        "or a URL) written chunk by chunk by the worker processes, never held in memory "
+        "(the same arrays as the .npz).")
     out = p.add_argument_group("output")
     out.add_argument(*aliases("-o", "--output"), required=True, metavar="DATASET",
                      help="the data set to write: an .npz file, or a chunked store "
@@ -52,21 +66,32 @@ def add_simulate_parser(sub) -> argparse.ArgumentParser:
                      help="number of galaxies")
     sim.add_argument(*aliases("-r", "--seed"), type=int, default=0,
                      help="random seed (the same seed gives the same file)")
+    sim.add_argument("--model", choices=("galsim", "discrete"), default="galsim",
+                     help="how observations are made: galsim (default) = "
+                          "galsim.Convolve([galaxy, psf]) drawn with the pixel, the way the "
+                          "sky does; discrete = galdecon's own periodic convolution of the "
+                          "truth with the PSF image (an 'inverse crime' that flatters "
+                          "methods sharing the model; default population bulge+disk, the "
+                          "data of docs/science.md bit for bit)")
     sim.add_argument("--snr", type=positive_float, nargs="+", default=list(DEFAULT_SNR),
                      metavar="S", help="SNR levels, one noisy stack each")
+    sim.add_argument("--noise", choices=("snr", "sky"), default="snr",
+                     help="snr (default, the papers' convention): sigma_i = std(H_i X_i) / "
+                          "SNR per galaxy; sky: one sigma per level for the whole stack, "
+                          "galaxy fluxes spread over --flux-dex decades, the SNR being the "
+                          "median over galaxies of std(H_i X_i) / sigma")
+    sim.add_argument(*aliases("--flux-dex"), type=_non_negative, default=DEFAULT_FLUX_DEX,
+                     metavar="DEX", help="with --noise sky: the decades galaxy fluxes span, "
+                     "drawn from Euclidean counts N(>F) ~ F^-1.5 above a faint limit, so "
+                     f"most are near it (default {DEFAULT_FLUX_DEX:g})")
     psf = sim.add_mutually_exclusive_group()
     psf.add_argument(*aliases("--psf-bank"), type=positive_int, default=None, metavar="B",
                      help="draw B PSFs at random field positions and give each galaxy one "
                           "at random (default: one PSF per galaxy at its field position)")
     psf.add_argument(*aliases("--psf-file"), default=None, metavar="PSFS",
-                     help="PSFs from a .npy/FITS file, (B, k0, k1) or (k0, k1); each galaxy "
-                          "gets one at random")
-    sim.add_argument(*aliases("--clumpy-fraction"), type=fraction,
-                     default=Population().clumpy_fraction,
-                     help="fraction of galaxies with star-forming knots (galsim.RandomKnots)")
-    sim.add_argument(*aliases("--median-hlr"), type=positive_float,
-                     default=Population().median_hlr, metavar="ARCSEC",
-                     help="median half-light radius")
+                     help="PSFs from a .npy/FITS file, (B, k0, k1) or (k0, k1), sampled "
+                          "without the pixel; each galaxy gets one at random")
+    _add_population_options(p, sersic, BULGE_DISK)
     sim.add_argument(*aliases("--stamp-size"), type=positive_int, default=STAMP_SIZE,
                      help="stamp side in pixels")
     sim.add_argument(*aliases("--pixel-scale"), type=positive_float, default=PIXEL_SCALE,
@@ -81,6 +106,76 @@ def add_simulate_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _non_negative(text: str) -> float:
+    """A finite number >= 0 (0: every galaxy has the same flux)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _add_population_options(p, sersic, bulge_disk) -> None:
+    """The galaxy population's options; unset ones take the model's default population."""
+    pop = p.add_argument_group(
+        "galaxies", "defaults: with --model galsim a realistic mix of Sersic galaxies "
+        f"(index log-uniform {sersic.sersic_range[0]:g}-{sersic.sersic_range[1]:g}, median "
+        "1.4: mostly disks, some spheroids, roughly as in HST Sersic fits of faint "
+        f"galaxies; half-light radius log-normal, median {sersic.median_hlr:g}\", up to "
+        f"{sersic.hlr_range[1]:g}\" (a half-light diameter of half the 41-pixel stamp); "
+        f"{sersic.clumpy_fraction:g} with star-forming knots, {sersic.blend_fraction:g} "
+        f"blended with a neighbour; true images at {sersic.truth_fwhm:g}\" resolution); "
+        "with --model discrete the bulge+disk population of docs/science.md (median "
+        f"{bulge_disk.median_hlr:g}\", no knots, no blends)")
+    pop.add_argument("--profile", choices=("sersic", "bulge+disk"), default=None,
+                     help="galaxy profile (default: sersic for galsim, bulge+disk for "
+                          "discrete)")
+    pop.add_argument(*aliases("--sersic-range"), type=positive_float, nargs=2, default=None,
+                     metavar=("LOW", "HIGH"), help="Sersic index range, drawn log-uniform "
+                     f"(default {sersic.sersic_range[0]:g} {sersic.sersic_range[1]:g}; "
+                     "GalSim allows 0.3-6.2)")
+    pop.add_argument(*aliases("--median-hlr"), type=positive_float, default=None,
+                     metavar="ARCSEC", help="median half-light radius (default "
+                     f"{sersic.median_hlr:g}, discrete {bulge_disk.median_hlr:g})")
+    pop.add_argument(*aliases("--max-hlr"), type=positive_float, default=None,
+                     metavar="ARCSEC", help="largest half-light radius (default "
+                     f"{sersic.hlr_range[1]:g}, discrete {bulge_disk.hlr_range[1]:g})")
+    pop.add_argument(*aliases("--clumpy-fraction"), type=fraction, default=None,
+                     help="fraction of galaxies with star-forming knots (galsim.RandomKnots;"
+                          f" default {sersic.clumpy_fraction:g}, discrete "
+                          f"{bulge_disk.clumpy_fraction:g})")
+    pop.add_argument(*aliases("--truth-fwhm"), type=_non_negative, default=None,
+                     metavar="ARCSEC", help="resolution of the true image: the galaxies are "
+                     f"convolved with a Gaussian of this FWHM (default {sersic.truth_fwhm:g}"
+                     ", well below the PSF's 0.16; 0: full resolution, where HSM fails on "
+                     "the cusps of ~8 %% of true images and knots become Gaussians one "
+                     "pixel wide)")
+    pop.add_argument(*aliases("--blend-fraction"), type=fraction, default=None,
+                     help="fraction of stamps with a second, offset galaxy (default "
+                          f"{sersic.blend_fraction:g}, discrete {bulge_disk.blend_fraction:g})")
+
+
+def population_from_args(args):
+    """The population the options ask for: the model's default, changed where given."""
+    import dataclasses
+
+    from galdecon.science.simulate import default_population
+
+    base = default_population(args.model)
+    changes = {"profile": args.profile, "median_hlr": args.median_hlr,
+               "clumpy_fraction": args.clumpy_fraction, "blend_fraction": args.blend_fraction,
+               "sersic_range": tuple(args.sersic_range) if args.sersic_range else None,
+               "hlr_range": (min(base.hlr_range[0], args.max_hlr), args.max_hlr)
+               if args.max_hlr else None}
+    changes["truth_fwhm"] = args.truth_fwhm
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if changes.get("truth_fwhm") == 0 and base.knot_fwhm == 0:
+        changes["knot_fwhm"] = args.pixel_scale  # point knots need a resolution to be drawn
+    return dataclasses.replace(base, **changes)
+
+
 def _export_paths(directory: Path, snr) -> dict:
     from galdecon.science.dataset import snr_label
 
@@ -93,7 +188,7 @@ def _export_paths(directory: Path, snr) -> dict:
 def run_simulate(args) -> int:
     """``galdecon simulate``: draw, write the data set (and the npy export)."""
     from galdecon.data import chunked
-    from galdecon.science.simulate import Population, export_npy, simulate, write_dataset
+    from galdecon.science.simulate import export_npy, simulate, write_dataset
 
     to_store = chunked.is_store(args.output)
     output = args.output if to_store else Path(args.output)
@@ -132,12 +227,13 @@ def run_simulate(args) -> int:
                                                             and args.quiet == 0)
     progress = _simulate_progress if show else None
     t0 = time.perf_counter()
-    population = Population(clumpy_fraction=args.clumpy_fraction, median_hlr=args.median_hlr)
+    population = population_from_args(args)
     if to_store:
         return _simulate_store(args, psfs, population, progress, show, t0)
     dataset = simulate(args.n_galaxies, seed=args.seed, snr=args.snr,
                        stamp_size=args.stamp_size, pixel_scale=args.pixel_scale,
                        psf_bank=args.psf_bank, psfs=psfs, population=population,
+                       model=args.model, noise=args.noise, flux_dex=args.flux_dex,
                        workers=args.workers, progress=progress)
     if show:
         sys.stderr.write("\n")
@@ -154,8 +250,7 @@ def run_simulate(args) -> int:
               f"{args.stamp_size} pixels, seed {args.seed}, PSFs: {dataset['meta']['psf_mode']},"
               f" SNR {' '.join(f'{s:g}' for s in dataset['snr'])}, "
               f"{time.perf_counter() - t0:.1f} s")
-        print(f"  median half-light radius {np.median(cat['hlr']):.3f} arcsec, median |e| "
-              f"{np.median(cat['e']):.3f}, clumpy {int(cat['clumpy'].sum())}")
+        print(f"  model {args.model}, noise {args.noise}, {_population_line(cat)}")
         for path in written:
             print(f"  wrote {path}")
     return 0
@@ -169,11 +264,13 @@ def _simulate_store(args, psfs, population, progress, show, t0) -> int:
     if args.psf_file:
         run["psf_file"] = {"path": str(args.psf_file), "sha256": io.sha256(args.psf_file)}
     command = (f"galdecon simulate -n {args.n_galaxies} -o {args.output} --seed {args.seed} "
-               f"--snr {' '.join(f'{s:g}' for s in args.snr)}")
+               f"--snr {' '.join(f'{s:g}' for s in args.snr)} --model {args.model} "
+               f"--noise {args.noise}")
     store, summary = simulate_to_store(
         args.output, args.n_galaxies, seed=args.seed, snr=args.snr,
         stamp_size=args.stamp_size, pixel_scale=args.pixel_scale, psf_bank=args.psf_bank,
-        psfs=psfs, population=population, workers=args.workers, chunk=args.chunk,
+        psfs=psfs, population=population, model=args.model, noise=args.noise,
+        flux_dex=args.flux_dex, workers=args.workers, chunk=args.chunk,
         overwrite=args.overwrite, progress=progress,
         provenance={"command": command, "run": run,
                     "sources": [args.psf_file] if args.psf_file else []})
@@ -184,11 +281,16 @@ def _simulate_store(args, psfs, population, progress, show, t0) -> int:
         print(f"galdecon simulate: {args.n_galaxies} galaxies of {args.stamp_size}x"
               f"{args.stamp_size} pixels, seed {args.seed}, PSFs: {meta['psf_mode']}, SNR "
               f"{' '.join(f'{s:g}' for s in meta['snr'])}, {time.perf_counter() - t0:.1f} s")
-        print(f"  median half-light radius {np.median(summary['hlr']):.3f} arcsec, median |e| "
-              f"{np.median(summary['e']):.3f}, clumpy {int(summary['clumpy'].sum())}")
+        print(f"  model {args.model}, noise {args.noise}, {_population_line(summary)}")
         print(f"  wrote {args.output}: {', '.join(store.names)} in "
               f"{len(store.chunk_bounds('truth'))} chunk(s) of {store.chunk('truth')} galaxies")
     return 0
+
+
+def _population_line(cat) -> str:
+    return (f"median half-light radius {np.median(cat['hlr']):.3f} arcsec, median |e| "
+            f"{np.median(cat['e']):.3f}, clumpy {int(cat['clumpy'].sum())}, blends "
+            f"{int(cat['blend'].sum())}")
 
 
 def _simulate_progress(done: int, total: int) -> None:

@@ -11,6 +11,13 @@ from galdecon.data.files import check_dtype, one_line
 from galdecon.errors import GalDeconWarning, InputError
 
 PSF_SUM_TOLERANCE = 1e-5
+# Negative PSF pixels are warned of only when they matter: a pixel below -1 % of the PSF's
+# peak, or negative pixels holding more than 1 % of its positive flux. Sampled optical
+# PSFs ring a little below zero (GalSim's OpticalPSF on 41x41 pixels at 0.05": minima down
+# to -0.2 % of the peak, negative flux below 0.04 %), which changes no deconvolution;
+# noise or a bad background subtraction in an empirical PSF reaches these levels.
+NEGATIVE_PEAK_FRACTION = 0.01
+NEGATIVE_FLUX_FRACTION = 0.01
 
 
 def as_array(value, name, what: str) -> np.ndarray:
@@ -69,8 +76,9 @@ def validate_psfs(psfs: np.ndarray, n_images: int, stamp_shape, path, dtype=np.f
     """Validate PSFs against the images: count, size, finiteness, not all zero.
 
     Warns (:class:`~galdecon.errors.GalDeconWarning`) when PSFs do not sum to 1 or have
-    negative pixels (empirical PSFs may hold a little negative noise); both are used as
-    given. Returns a 2-D array (one shared PSF) or a 3-D array with one PSF per image.
+    significant negative pixels (:func:`significant_negative`; the ringing of a sampled
+    optical PSF is not); both are used as given. Returns a 2-D array (one shared PSF) or a
+    3-D array with one PSF per image.
     """
     check_dtype(path, psfs.dtype)
     if psfs.ndim not in (2, 3):
@@ -172,9 +180,10 @@ class PsfSummary(NamedTuple):
     off_sum, off_sum_first, off_sum_value
         How many PSFs do not sum to 1, the first of them and its sum.
     negative, negative_first
-        How many PSFs have negative pixels, and the first of them.
+        How many PSFs have significant negative pixels (:func:`significant_negative`),
+        and the first of them.
     most_negative, most_negative_index
-        The most negative pixel of all (0.0 when none) and its PSF.
+        The most negative pixel of those PSFs (0.0 when none) and its PSF.
     """
 
     off_sum: int = 0
@@ -195,13 +204,28 @@ def psf_summary(psfs: np.ndarray, start: int = 0,
     whole stack.
     """
     count, first, value = psf_sum_outliers(psfs, tolerance, start)
-    minima = np.asarray(psfs).reshape(-1, psfs.shape[-2] * psfs.shape[-1]).min(axis=1)
-    negative = np.flatnonzero(minima < 0)
+    flat = np.asarray(psfs).reshape(-1, psfs.shape[-2] * psfs.shape[-1])
+    negative = np.flatnonzero(significant_negative(flat))
     if not negative.size:
         return PsfSummary(count, first, value)
+    minima = np.full(flat.shape[0], np.inf)
+    minima[negative] = flat[negative].min(axis=1)
     worst = int(np.argmin(minima))
     return PsfSummary(count, first, value, int(negative.size), start + int(negative[0]),
                       float(minima[worst]), start + worst)
+
+
+def significant_negative(flat: np.ndarray) -> np.ndarray:
+    """Per PSF (rows of ``flat``): are its negative pixels large enough to warn of?
+
+    True when its most negative pixel is below ``-NEGATIVE_PEAK_FRACTION`` times its peak,
+    or its negative pixels sum to more than ``NEGATIVE_FLUX_FRACTION`` of its positive
+    pixels (many small negatives, e.g. an over-subtracted background).
+    """
+    positive = np.where(flat > 0, flat, 0.0)
+    negative = positive - flat  # the magnitudes of the negative pixels
+    return ((flat.min(axis=1) < -NEGATIVE_PEAK_FRACTION * flat.max(axis=1))
+            | (negative.sum(axis=1) > NEGATIVE_FLUX_FRACTION * positive.sum(axis=1)))
 
 
 def _earlier(count_a: int, index_a: int, count_b: int, index_b: int) -> bool:

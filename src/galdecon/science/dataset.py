@@ -2,10 +2,12 @@
 
 Members (each a plain ``.npy`` array, no pickles): ``truth``, ``psfs``, ``clean``,
 ``noisy_snr{S}`` per SNR level (``S`` written with ``%g``: ``noisy_snr1``,
-``noisy_snr2.5``), ``snr``, ``sigma``, ``catalogue`` (a structured array) and ``meta``
-(a JSON string). :func:`numpy.savez` stamps every member with the current time; this
-writer uses a fixed date, a fixed order and no compression, so the same data give the
-same bytes. The file is written to a temporary name and renamed (:func:`io.atomic_path`).
+``noisy_snr2.5``), ``snr``, ``sigma`` (n, levels), ``sigma_snr{S}`` (n,: the σ of each
+galaxy's noise at level S, a column of ``sigma``; not in files of format version 1),
+``catalogue`` (a structured array) and ``meta`` (a JSON string). :func:`numpy.savez`
+stamps every member with the current time; this writer uses a fixed date, a fixed order
+and no compression, so the same data give the same bytes. The file is written to a
+temporary name and renamed (:func:`io.atomic_path`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ def _members(dataset: dict):
         yield key, np.asarray(dataset[key])
     for level in dataset["snr"]:
         yield f"noisy_snr{snr_label(level)}", np.asarray(dataset["noisy"][float(level)])
+    for k, level in enumerate(dataset["snr"]):
+        yield f"sigma_snr{snr_label(level)}", np.asarray(dataset["sigma"])[:, k]
 
 
 def write_dataset(path, dataset: dict) -> Path:

@@ -1,15 +1,20 @@
 r"""Simulated survey data with known truth: a GREAT3-like stack drawn with GalSim.
 
-The galaxies and their PSFs (:mod:`galdecon.science.population`) are a bulge plus a
-disk, drawn on 41×41 stamps at 0.05″/pixel, each seen through a Euclid-like diffraction
-PSF from its field position, or one of a bank of such PSFs, or one read from a file.
-The observation is the discrete model of galdecon itself,
+The galaxies and their PSFs (:mod:`galdecon.science.population`) are drawn on 41×41
+stamps at 0.05″/pixel, each seen through a Euclid-like diffraction PSF from its field
+position, or one of a bank of such PSFs, or one read from a file. The noiseless
+observations come from one of two models (:mod:`galdecon.science.render`):
+``model="galsim"`` (the default), GalSim's own convolution of the galaxy and PSF profiles
+with the pixel response, the way the sky makes them; or ``model="discrete"``, galdecon's
+own periodic convolution of the truth (ALGORITHM.md §8), the model of the tables in
+docs/science.md. Then one noisy stack per SNR level,
 
-.. math:: Y_i = h_i \circledast X_i + n_i, \qquad n_i \sim \mathcal N(0, \sigma_i^2),
-          \quad \sigma_i = \mathrm{std}(h_i \circledast X_i) / \mathrm{SNR},
+.. math:: Y_i = HX_i + n_i, \qquad n_i \sim \mathcal N(0, \sigma_i^2),
 
-with the periodic convolution of :class:`galdecon.core.operators.Convolution` and one noisy
-stack per SNR level (ALGORITHM.md §8).
+with either per-galaxy noise, :math:`\sigma_i = \mathrm{std}(HX_i) / \mathrm{SNR}` (the
+papers' convention, ``noise_mode="snr"``), or sky-limited noise, one σ for the whole stack
+and galaxy fluxes spread over ``flux_dex`` decades, σ set so that the median over galaxies
+of :math:`\mathrm{std}(HX_i)/\sigma` is the SNR (``noise_mode="sky"``).
 
 Reproducibility: every random number of galaxy ``i`` comes from a generator seeded by
 ``(seed, i)``, so the data do not depend on how the galaxies are split among worker
@@ -31,7 +36,6 @@ import os
 
 import numpy as np
 
-from galdecon.core.operators.convolution import Convolution
 from galdecon.errors import ConfigError, EngineError
 from galdecon.science import galsim_import
 from galdecon.science.dataset import FORMAT as DATASET_FORMAT
@@ -39,12 +43,12 @@ from galdecon.science.dataset import export_npy, read_dataset, write_dataset
 
 # re-exported: the population and its drawing were part of this module
 from galdecon.science.population import (
+    BULGE_DISK,
     NOISE_STREAM,
     PIXEL_SCALE,
     STAMP_SIZE,
     Optics,
     Population,
-    draw_chunk,
     draw_galaxy,
     draw_psf,
     draw_psf_bank,
@@ -52,14 +56,18 @@ from galdecon.science.population import (
     galaxy_parameters,
     random_stream,
 )
+from galdecon.science.render import MODELS, assign_psfs, model_chunk
 
 log = logging.getLogger("galdecon")
 
-__all__ = ["DEFAULT_SNR", "PIXEL_SCALE", "STAMP_SIZE", "Optics", "Population", "add_noise",
+__all__ = ["BULGE_DISK", "DEFAULT_SNR", "MODELS", "NOISE_MODES", "PIXEL_SCALE", "STAMP_SIZE",
+           "Optics", "Population", "add_noise", "assign_psfs", "default_population",
            "draw_galaxy", "draw_psf", "export_npy", "field_aberrations", "galaxy_parameters",
            "read_dataset", "simulate", "write_dataset"]
 
 DEFAULT_SNR = (1.0, 2.0, 3.0, 5.0, 10.0)
+NOISE_MODES = ("snr", "sky")
+DEFAULT_FLUX_DEX = 0.5
 
 CATALOGUE_FIELDS = [
     ("index", "i8"), ("hlr", "f8"), ("bulge_fraction", "f8"), ("e", "f8"), ("beta", "f8"),
@@ -67,36 +75,50 @@ CATALOGUE_FIELDS = [
     ("knot_fraction", "f8"), ("n_knots", "i8"), ("flux_in_stamp", "f8"),
     ("field_x", "f8"), ("field_y", "f8"), ("psf_index", "i8"), ("defocus", "f8"),
     ("astig1", "f8"), ("astig2", "f8"), ("coma1", "f8"), ("coma2", "f8"),
-    ("psf_flux_in_stamp", "f8"),
+    ("psf_flux_in_stamp", "f8"), ("sersic_n", "f8"), ("blend", "?"), ("blend_flux", "f8"),
+    ("blend_dx", "f8"), ("blend_dy", "f8"), ("blend_hlr", "f8"), ("blend_sersic_n", "f8"),
+    ("blend_e1", "f8"), ("blend_e2", "f8"), ("flux", "f8"),
 ]
 
 
-def catalogue(rows: list[dict], snr: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """The catalogue: a structured array of the galaxy and PSF parameters, SNRs and σ."""
+def catalogue(rows: list[dict], snr: np.ndarray, sigma: np.ndarray,
+              clean: np.ndarray) -> np.ndarray:
+    r"""The catalogue: a structured array of the galaxy and PSF parameters, SNRs and σ.
+
+    ``snr`` holds the levels; ``snr_galaxy`` each galaxy's own :math:`\mathrm{std}(HX_i)
+    / \sigma_i` (the level itself under per-galaxy noise, spread under sky noise).
+    """
     cat = np.zeros(len(rows), dtype=catalogue_dtype(snr.size))
     for name, _ in CATALOGUE_FIELDS:
         cat[name] = [row.get(name, np.nan) for row in rows]
     cat["snr"] = snr
     cat["sigma"] = sigma
+    cat["snr_galaxy"] = clean.reshape(len(clean), -1).std(axis=1)[:, None] / sigma
     return cat
 
 
 def catalogue_dtype(n_levels: int) -> np.dtype:
     """The catalogue's record type for ``n_levels`` SNR levels."""
     return np.dtype(CATALOGUE_FIELDS + [("snr", "f8", (n_levels,)),
-                                        ("sigma", "f8", (n_levels,))])
+                                        ("sigma", "f8", (n_levels,)),
+                                        ("snr_galaxy", "f8", (n_levels,))])
 
 
-def add_noise(clean: np.ndarray, snr, seed: int, offset: int = 0) -> tuple[dict, np.ndarray]:
+def add_noise(clean: np.ndarray, snr, seed: int, offset: int = 0,
+              sky: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
     r"""Return ``({snr: noisy stack}, sigma)``, :math:`\sigma_i = \mathrm{std}(HX_i)/\mathrm{SNR}`.
 
     The noise of galaxy ``i`` at level ``s`` comes from its own stream ``(seed, i, s)``, so
     adding a level or a galaxy does not change the others. ``clean`` holds galaxies
-    ``offset, offset + 1, ...`` (a chunk of a larger stack).
+    ``offset, offset + 1, ...`` (a chunk of a larger stack). ``sky``: one σ per level for
+    every galaxy (:func:`sky_sigma`) instead of each galaxy's own.
     """
     snr = np.asarray(snr, dtype=np.float64)
-    std = clean.reshape(clean.shape[0], -1).std(axis=1)
-    sigma = std[:, None] / snr[None, :]
+    if sky is None:
+        std = clean.reshape(clean.shape[0], -1).std(axis=1)
+        sigma = std[:, None] / snr[None, :]
+    else:
+        sigma = np.repeat(np.asarray(sky, dtype=np.float64)[None, :], clean.shape[0], axis=0)
     noisy = {}
     for k, level in enumerate(snr):
         key = int(round(level * 1000))
@@ -106,8 +128,23 @@ def add_noise(clean: np.ndarray, snr, seed: int, offset: int = 0) -> tuple[dict,
     return noisy, sigma
 
 
-def check_request(n, snr, psf_bank, psfs, stamp_size) -> None:
+def sky_sigma(signal: np.ndarray, snr) -> np.ndarray:
+    """Sky-limited noise: one σ per level, the median of ``signal`` (each std(HX_i)) / SNR.
+
+    The median galaxy then has the SNR asked for; brighter ones more, fainter ones less.
+    """
+    return float(np.median(signal)) / np.asarray(snr, dtype=np.float64)
+
+
+def check_request(n, snr, psf_bank, psfs, stamp_size, model: str = "galsim",
+                  noise_mode: str = "snr", flux_dex: float = DEFAULT_FLUX_DEX) -> None:
     """Raise :class:`ConfigError` for a simulation that cannot be made as asked."""
+    if model not in MODELS:
+        raise ConfigError(f"model={model!r}: expected one of {', '.join(MODELS)}")
+    if noise_mode not in NOISE_MODES:
+        raise ConfigError(f"noise={noise_mode!r}: expected one of {', '.join(NOISE_MODES)}")
+    if not np.isfinite(flux_dex) or flux_dex < 0:
+        raise ConfigError(f"flux_dex={flux_dex!r}: expected decades >= 0")
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ConfigError(f"n={n!r}: expected a number of galaxies >= 1")
     if len(snr) == 0 or any(not np.isfinite(s) or s <= 0 for s in snr):
@@ -122,11 +159,22 @@ def check_request(n, snr, psf_bank, psfs, stamp_size) -> None:
         raise ConfigError(f"stamp_size={stamp_size}: expected at least 5 pixels")
 
 
+def default_population(model: str) -> Population:
+    """The population a model draws unless told: Sersic mix for GalSim's, bulge+disk else.
+
+    The discrete model keeps the bulge+disk population of docs/science.md's tables, so
+    that ``model="discrete"`` gives the data those tables were measured on, bit for bit.
+    """
+    return Population() if model == "galsim" else BULGE_DISK
+
+
 def simulation_config(seed, stamp_size, pixel_scale, psf_bank, psfs, population: Population,
-                      optics: Optics) -> dict:
+                      optics: Optics, model: str = "galsim", noise_mode: str = "snr",
+                      flux_dex: float = DEFAULT_FLUX_DEX) -> dict:
     """The settings a worker process draws a chunk from (plain values, picklable)."""
     psf_mode = "file" if psfs is not None else "bank" if psf_bank is not None else "field"
-    return {"seed": int(seed), "stamp_size": int(stamp_size),
+    return {"model": model, "noise_mode": noise_mode, "flux_dex": float(flux_dex),
+            "seed": int(seed), "stamp_size": int(stamp_size),
             "pixel_scale": float(pixel_scale), "psf_mode": psf_mode,
             "population": dataclasses.asdict(population),
             "optics": dataclasses.asdict(optics)}
@@ -134,7 +182,8 @@ def simulation_config(seed, stamp_size, pixel_scale, psf_bank, psfs, population:
 
 def simulate(n: int, *, seed: int = 0, snr=DEFAULT_SNR, stamp_size: int = STAMP_SIZE,
              pixel_scale: float = PIXEL_SCALE, psf_bank: int | None = None, psfs=None,
-             population: Population = Population(), optics: Optics = Optics(),
+             population: Population | None = None, optics: Optics = Optics(),
+             model: str = "galsim", noise: str = "snr", flux_dex: float = DEFAULT_FLUX_DEX,
              workers: int | None = None, chunk_size: int = 200, progress=None) -> dict:
     r"""Simulate ``n`` galaxies, their PSFs and noisy observations at several SNRs.
 
@@ -155,7 +204,17 @@ def simulate(n: int, *, seed: int = 0, snr=DEFAULT_SNR, stamp_size: int = STAMP_
         PSFs to use instead of drawing them (e.g. read from a file); each galaxy gets one at
         random. Used as given (warned about by the deconvolver if they do not sum to 1).
     population, optics : Population, Optics
-        The galaxy and telescope models.
+        The galaxy and telescope models (population default: :func:`default_population`
+        of the model).
+    model : {'galsim', 'discrete'}
+        ``'galsim'``: GalSim's convolution of the galaxy and PSF profiles, the pixel
+        applied once; ``'discrete'``: galdecon's periodic convolution of the truth with the
+        PSF image (:mod:`galdecon.science.render`).
+    noise : {'snr', 'sky'}
+        ``'snr'``: :math:`\sigma_i = \mathrm{std}(HX_i)/\mathrm{SNR}` per galaxy; ``'sky'``:
+        one σ per level (:func:`sky_sigma`), galaxy fluxes over ``flux_dex`` decades.
+    flux_dex : float
+        Decades the fluxes span under sky noise (:func:`galdecon.science.render.galaxy_fluxes`).
     workers : int, optional
         Processes drawing chunks of galaxies (default: the available cores, at most one per
         chunk). The result does not depend on it.
@@ -173,22 +232,25 @@ def simulate(n: int, *, seed: int = 0, snr=DEFAULT_SNR, stamp_size: int = STAMP_
 
     Notes
     -----
-    :math:`Y_i = h_i \circledast X_i + \sigma_i\,\epsilon_i` with galdecon's periodic
-    convolution; ``e1, e2`` in the catalogue are GalSim distortions (x = column).
+    :math:`Y_i = HX_i + \sigma_i\,\epsilon_i`; ``e1, e2`` in the catalogue are GalSim
+    distortions (x = column).
     """
     snr = tuple(float(s) for s in np.atleast_1d(snr))
-    check_request(n, snr, psf_bank, psfs, stamp_size)
+    check_request(n, snr, psf_bank, psfs, stamp_size, model, noise, flux_dex)
+    population = default_population(model) if population is None else population
     config = simulation_config(seed, stamp_size, pixel_scale, psf_bank, psfs, population,
-                               optics)
-    truth, psf_stack, rows = _draw_all(int(n), config, workers, chunk_size, progress)
-    if config["psf_mode"] != "field":
-        psf_stack = assign_psfs(rows, *psf_choices(config, psf_bank, psfs, optics))
-    clean = Convolution(psf_stack, truth.shape[1:], "periodic").op(truth)
-    noisy, sigma = add_noise(clean, snr, seed)
+                               optics, model, noise, flux_dex)
+    bank = None if config["psf_mode"] == "field" else psf_choices(config, psf_bank, psfs,
+                                                                  optics)
+    truth, clean, psf_stack, rows = _draw_all(int(n), config, bank, workers, chunk_size,
+                                              progress)
+    sky = sky_sigma(clean.reshape(len(clean), -1).std(axis=1), snr) if noise == "sky" \
+        else None
+    noisy, sigma = add_noise(clean, snr, seed, sky=sky)
     meta = simulation_meta(config, n, snr, psf_bank)
     return {"truth": truth, "psfs": psf_stack, "clean": clean, "noisy": noisy,
             "snr": np.asarray(snr), "sigma": sigma,
-            "catalogue": catalogue(rows, np.asarray(snr), sigma), "meta": meta}
+            "catalogue": catalogue(rows, np.asarray(snr), sigma, clean), "meta": meta}
 
 
 def psf_choices(config: dict, psf_bank, psfs, optics: Optics) -> tuple[np.ndarray, list]:
@@ -202,19 +264,21 @@ def psf_choices(config: dict, psf_bank, psfs, optics: Optics) -> tuple[np.ndarra
     return bank, [{"field_x": np.nan, "field_y": np.nan}] * bank.shape[0]
 
 
-def assign_psfs(rows: list[dict], bank: np.ndarray, bank_rows: list[dict]) -> np.ndarray:
-    """Give each galaxy the bank PSF its ``bank_draw`` picks; record it in its row."""
-    choice = [min(int(row["bank_draw"] * bank.shape[0]), bank.shape[0] - 1) for row in rows]
-    for row, b in zip(rows, choice, strict=True):
-        row |= bank_rows[b] | {"psf_index": b}
-    return bank[choice]
+NOISE_TEXT = {"snr": "sigma_i = std(H_i X_i) / SNR per galaxy",
+              "sky": "one sigma per level = median_i std(H_i X_i) / SNR; fluxes over "
+                     "flux_dex decades, N(>F) ~ F^-1.5"}
+MODEL_TEXT = {"galsim": "galsim.Convolve([galaxy, psf]) drawn with the pixel; truth: the "
+                        "galaxy drawn with the pixel; PSFs: no_pixel, unit sum, stamp-sized",
+              "discrete": "periodic convolution of the truth with the PSF image (galdecon's "
+                          "own model)"}
 
 
 def simulation_meta(config: dict, n: int, snr, psf_bank) -> dict:
     """The settings of a simulation as recorded with it (the ``meta`` of :func:`simulate`)."""
-    return config | {"format": DATASET_FORMAT, "version": 1, "n": int(n),
+    return config | {"format": DATASET_FORMAT, "version": 2, "n": int(n),
                      "snr": list(snr), "psf_bank": psf_bank,
-                     "noise": "sigma_i = std(H_i X_i) / SNR, periodic convolution",
+                     "noise": NOISE_TEXT[config["noise_mode"]],
+                     "observation": MODEL_TEXT[config["model"]],
                      "versions": _versions()}
 
 
@@ -254,28 +318,28 @@ def map_chunks(task, chunks, args: tuple, workers: int | None, collect, what: st
             raise
 
 
-def _draw_all(n, config, workers, chunk_size, progress):
+def _draw_all(n, config, bank, workers, chunk_size, progress):
     size = config["stamp_size"]
-    truth = np.empty((n, size, size))
-    psfs = np.empty_like(truth) if config["psf_mode"] == "field" else None
+    psf_shape = (size, size) if bank is None else bank[0].shape[1:]
+    truth, clean = np.empty((n, size, size)), np.empty((n, size, size))
+    psfs = np.empty((n, *psf_shape))
     rows: list = [None] * n
     chunks = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
     done = 0
 
     def store(result):
         nonlocal done
-        start, t, p, r = result
-        truth[start:start + len(r)] = t
-        if psfs is not None:
-            psfs[start:start + len(r)] = p
-        rows[start:start + len(r)] = r
+        start, t, c, p, r = result
+        stop = start + len(r)
+        truth[start:stop], clean[start:stop], psfs[start:stop] = t, c, p
+        rows[start:stop] = r
         done += len(r)
         log.debug("simulate: %d/%d galaxies drawn", done, n)
         if progress is not None:
             progress(done, n)
 
-    map_chunks(draw_chunk, chunks, (config,), workers, store, "simulate")
-    return truth, psfs, rows
+    map_chunks(model_chunk, chunks, (config, bank), workers, store, "simulate")
+    return truth, clean, psfs, rows
 
 
 def _versions() -> dict:
