@@ -44,7 +44,14 @@ def test_settings_defaults_follow_algorithm_section_0():
     assert (s.n_iter, s.tolerance, s.n_reweights, s.cost_window) == (300, 1e-4, 1, 1)
     assert (s.relax, s.condat_tau, s.condat_sigma) == (0.8, 0.5, 0.5)
     assert s.positivity is True
-    assert (s.lowr_thresh_factor, s.lowr_thresh_type, s.lowr_type) == (1.0, "hard", "standard")
+    # low rank departs from the reference: soft with factor 0.1 (docs/science.md, issue 14)
+    assert (s.lowr_thresh_factor, s.lowr_thresh_type, s.lowr_type) == (0.1, "soft", "standard")
+    hard = Settings(lowr_thresh_type="hard")
+    assert hard.lowr_thresh_factor == 1.0  # the reference's, when hard is asked for
+    assert Settings(lowr_thresh_type="hard", lowr_thresh_factor=2.0).lowr_thresh_factor == 2.0
+    assert Settings().replace(lowr_thresh_type="hard").lowr_thresh_factor == 1.0
+    assert Settings(lowr_thresh_factor=0.3).replace(
+        lowr_thresh_type="hard").lowr_thresh_factor == 0.3  # chosen: kept
     assert s.noise_est is None and s.dtype == "float64"
     assert s.n_bands == 3
 
@@ -95,7 +102,7 @@ def test_numpy_scalar_step_sizes_are_accepted(value):
     ({"relax": "0.5"}, "relax"),
     ({"noise_est": "x"}, "noise_est"),
     ({"tolerance": None}, "tolerance"),
-    ({"lowr_thresh_factor": None}, "lowr_thresh_factor"),
+    ({"lowr_thresh_factor": "one"}, "lowr_thresh_factor"),
     ({"wave_thresh_factor": ("a", 3, 4)}, "wave_thresh_factor"),
     ({"positivity": "no"}, "positivity"),
 ])
@@ -179,7 +186,8 @@ def test_example_noise_sigma_beta_and_lambda(example_setup):
     sigma, beta = example_setup
     assert f"{sigma:.5e}" == f"{SIGMA:.5e}"  # 6 significant digits
     assert beta == pytest.approx(BETA, abs=5e-9)
-    problem = make_problem(Settings(mode="lowr", wavelet="linear"), 100, (41, 41), sigma, beta)
+    problem = make_problem(Settings(mode="lowr", wavelet="linear", lowr_thresh_type="hard"),
+                           100, (41, 41), sigma, beta)  # the reference's threshold
     assert f"{problem.lowr_lambda:.5e}" == f"{LAMBDA_LOWR:.5e}"
     # λ = f σ sqrt(max(n + 1, p)) β with p = 1681
     assert problem.lowr_lambda == pytest.approx(sigma * 41.0 * beta, rel=1e-14)

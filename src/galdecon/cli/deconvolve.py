@@ -147,12 +147,15 @@ def _add_mode_options(p) -> None:
                         help="number of reweighting rounds")
 
     lowr = p.add_argument_group("low-rank mode")
-    lowr.add_argument(*aliases("--lowr-thresh-factor"), type=float,
-                      default=DEFAULTS.lowr_thresh_factor, help="low-rank threshold factor")
+    lowr.add_argument(*aliases("--lowr-thresh-factor"), type=float, default=None,
+                      help="low-rank threshold factor f, lambda = f sigma sqrt(max(n + 1, "
+                           "p)) beta (default: 0.1 for soft, 1 for hard, the reference's)")
     lowr.add_argument(*aliases("--lowr-type"), choices=("standard",),
                       default=DEFAULTS.lowr_type, help="low-rank formulation")
     lowr.add_argument(*aliases("--lowr-thresh-type"), choices=("hard", "soft"),
-                      default=DEFAULTS.lowr_thresh_type, help="singular-value threshold type")
+                      default=DEFAULTS.lowr_thresh_type,
+                      help="singular-value threshold type (default soft: the nuclear norm, "
+                           "which converges; hard, the reference's, oscillates)")
 
 
 def _add_evaluation_options(p) -> None:

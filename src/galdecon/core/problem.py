@@ -28,6 +28,13 @@ MAD_TO_SIGMA = 1.4826
 # Thresholds beyond a million noise sigmas remove every detail of any real image, and
 # products such as 1e300 x sigma x ||L|| overflow the cost: refused as typing errors.
 MAX_THRESH_FACTOR = 1e6
+#: The low-rank threshold factor when none is given, per threshold type. Soft (the
+#: nuclear norm's prox, a convex problem) is the default: the reference's hard threshold
+#: makes the iteration oscillate with period 2 (singular values near λ enter and leave
+#: the kept set at alternate steps) and its cost rises after ~25 iterations; soft with a
+#: tenth of the reference's λ converges monotonically to a better estimate
+#: (docs/science.md). Hard keeps the reference's factor 1.
+LOWR_THRESH_FACTORS = {"hard": 1.0, "soft": 0.1}
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,8 @@ class Settings:
     condat_tau: float | str = 0.5
     condat_sigma: float | str = 0.5
     positivity: bool = True
-    lowr_thresh_factor: float = 1.0
-    lowr_thresh_type: str = "hard"
+    lowr_thresh_factor: float | None = None  # LOWR_THRESH_FACTORS[lowr_thresh_type]
+    lowr_thresh_type: str = "soft"
     lowr_type: str = "standard"
     noise_est: float | None = None
     dtype: str = "float64"
@@ -112,6 +119,9 @@ class Settings:
         real("relax", lambda v: 0 < v < 2, "a number in (0, 2)")
         real("condat_tau", lambda v: v > 0, "a positive number or 'auto'", allow=("auto",))
         real("condat_sigma", lambda v: v > 0, "a positive number or 'auto'", allow=("auto",))
+        if self.lowr_thresh_factor is None:
+            object.__setattr__(self, "lowr_thresh_factor",
+                               LOWR_THRESH_FACTORS[self.lowr_thresh_type])
         real("lowr_thresh_factor", lambda v: 0 <= v <= MAX_THRESH_FACTOR,
              f"a number in [0, {MAX_THRESH_FACTOR:g}] (in units of the noise sigma)")
         real("noise_est", lambda v: v > 0, "a positive number, 'per-image' or 'border'",
@@ -121,7 +131,14 @@ class Settings:
         object.__setattr__(self, "positivity", bool(self.positivity))
 
     def replace(self, **changes) -> Settings:
-        """Return a copy with some options changed (validated again)."""
+        """Return a copy with some options changed (validated again).
+
+        A new threshold type with no factor takes that type's default factor, unless the
+        factor was not the old type's default (then it was chosen, and is kept).
+        """
+        if "lowr_thresh_type" in changes and "lowr_thresh_factor" not in changes \
+                and self.lowr_thresh_factor == LOWR_THRESH_FACTORS[self.lowr_thresh_type]:
+            changes["lowr_thresh_factor"] = None
         return dataclasses.replace(self, **changes)
 
     @property
