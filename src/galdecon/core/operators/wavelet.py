@@ -170,10 +170,11 @@ class Wavelet:
             out = np.empty((m, self.n_bands) + self.shape, dtype=self.dtype)
         return self.op_into(x, out, np.empty(self.work_shape(m), dtype=self.dtype))
 
-    def op_into(self, x: np.ndarray, out: np.ndarray, work: np.ndarray) -> np.ndarray:
-        r"""Write :math:`\Phi(X)` into ``out`` using ``work`` (shape :meth:`work_shape`).
+    def smooth_into(self, x: np.ndarray, out: np.ndarray, work: np.ndarray) -> np.ndarray:
+        r"""Write :math:`S_s X`, ``s = 1..J``, into ``out`` (shape ``(m, J, N0, N1)``).
 
-        ``x`` must be C-contiguous with the working dtype; nothing is allocated.
+        The products of :meth:`op_into` without its band differences, for a caller that
+        forms :math:`\Phi(X)_j = S_j X - S_{j+1} X` (:math:`S_0 = I`) inside its own pass.
         """
         m = x.shape[0]
         n0, n1 = self.shape
@@ -181,6 +182,14 @@ class Wavelet:
                   out=work.reshape(m * n0, self.n_bands * n1))
         for s in range(self.n_bands):
             np.matmul(self._rows[s], work[:, :, s, :], out=out[:, s])
+        return out
+
+    def op_into(self, x: np.ndarray, out: np.ndarray, work: np.ndarray) -> np.ndarray:
+        r"""Write :math:`\Phi(X)` into ``out`` using ``work`` (shape :meth:`work_shape`).
+
+        ``x`` must be C-contiguous with the working dtype; nothing is allocated.
+        """
+        self.smooth_into(x, out, work)
         # out[:, s] holds S_{s+1} x; difference in place from the last band down:
         # phi_j = S_j x - S_{j+1} x, phi_0 = x - S_1 x.
         for j in range(self.n_bands - 1, 0, -1):
