@@ -14,12 +14,15 @@ import numpy as np
 import scipy.fft as sfft
 
 from galdecon.core import kernels
-from galdecon.core.operators.convolution import Convolution, DenseRFFT2, rfft_weights
+from galdecon.core.operators.convolution import (
+    DENSE_DFT_MAX,
+    Convolution,
+    dense_rfft2,
+    rfft2_stack,
+    rfft_weights,
+)
 from galdecon.core.scratch import scratch
 
-#: Largest stamp side for which the DFT is done as dense matrix products (above it the
-#: FFT's n log n wins and scipy.fft is used).
-DENSE_DFT_MAX = 48
 
 def _rows(array: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Rows ``lo:hi`` of a per-galaxy array; a shared (leading length 1) array as it is."""
@@ -49,7 +52,7 @@ class _SciPyRFFT2:
 
 def _real_dft(shape, dtype):
     if max(shape) <= DENSE_DFT_MAX:
-        return DenseRFFT2(shape, dtype)
+        return dense_rfft2(shape, dtype)
     return _SciPyRFFT2(shape)
 
 
@@ -60,7 +63,7 @@ class FourierFidelity:
         self.shape = conv.shape
         self.dtype = np.dtype(images.dtype)
         self.transfer = conv.transfer
-        self.image_spec = sfft.rfft2(images)
+        self.image_spec = rfft2_stack(images, images.dtype)
         self.gain = (conv.transfer * conv.transfer.conj()).real.astype(images.dtype)
         self.hty_spec = conv.transfer.conj() * self.image_spec
         self.parseval = rfft_weights(self.shape[1]) / (self.shape[0] * self.shape[1])

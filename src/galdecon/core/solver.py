@@ -32,6 +32,7 @@ from galdecon.core import kernels
 from galdecon.core.fidelity import FourierFidelity, PixelFidelity
 from galdecon.core.operators.convolution import Convolution
 from galdecon.core.operators.prox import apply_svt
+from galdecon.core.operators.wavelet import shared_wavelet
 from galdecon.core.problem import Problem
 from galdecon.core.scratch import scratch
 
@@ -106,7 +107,9 @@ def operators(block: Block, problem: Problem) -> dict:
         conv = Convolution(block.psfs, problem.shape, s.boundary, problem.dtype)
         fidelity = (FourierFidelity if s.boundary == "periodic" else PixelFidelity)(
             conv, block.images)
-        ops.update(key=key, conv=conv, fidelity=fidelity, wavelet=problem.wavelet())
+        ops.update(key=key, conv=conv, fidelity=fidelity,
+                   wavelet=shared_wavelet(problem.shape, s.n_scales, s.wavelet, s.boundary,
+                                          problem.dtype))
     return ops
 
 

@@ -15,6 +15,8 @@ faster than per-scale FFTs on 41×41 stamps.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from galdecon.core.operators.convolution import BOUNDARIES
@@ -88,6 +90,22 @@ def axis_matrix(impulse: np.ndarray, boundary: str) -> np.ndarray:
         return impulse[offset % size]
     inside = (offset >= 0) & (offset < size)
     return np.where(inside, impulse[np.clip(offset, 0, size - 1)], 0.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_wavelet(shape, n_scales, wavelet, boundary, dtype) -> Wavelet:
+    return Wavelet(shape, n_scales, wavelet, boundary, dtype)
+
+
+def shared_wavelet(shape, n_scales: int = 4, wavelet: str = "starlet",
+                   boundary: str = "periodic", dtype=np.float64) -> Wavelet:
+    """A :class:`Wavelet` built once per set of arguments and shared (it holds no state).
+
+    Every block of a run needs the same operator; building its matrices costs as much
+    as a few dozen stamps' iteration.
+    """
+    return _shared_wavelet((int(shape[0]), int(shape[1])), int(n_scales), wavelet, boundary,
+                           np.dtype(dtype).str)
 
 
 class Wavelet:
