@@ -241,7 +241,7 @@ def _sparse_chunk(fidelity, wavelet, x, y, weights, problem, n_iter, mask, costs
     # Flat (m, J, P) and (m, P) views for the fused passes.
     flat_dual = (m, n_bands, -1)
     y3, phi_x3, smooth3, upper3 = (a.reshape(flat_dual) for a in (y, phi_x, smooth, upper))
-    x2, x_tilde2 = x.reshape(m, -1), x_tilde.reshape(m, -1)
+    x_tilde2 = x_tilde.reshape(m, -1)
     x1, x_tilde1, grad1 = x.reshape(-1), x_tilde.reshape(-1), grad.reshape(-1)
     carried = fidelity.carried_like(x)
     fidelity.start_into(x, carried)
