@@ -32,9 +32,11 @@ def test_dual_step_is_the_numpy_update(dtype):
     clipped = np.maximum(np.minimum(candidate, upper), -upper)
     want_y = y + rho * (clipped - y)
     want_phi = phi_x + rho * (phi_tilde - phi_x)
-    kernels.dual_step(y, phi_x, smooth, x_tilde, upper, sigma, rho)
+    diffs = np.empty_like(y[:, 1:])
+    kernels.dual_step(y, phi_x, smooth, x_tilde, upper, sigma, rho, diffs)
     assert y.dtype == dtype and phi_x.dtype == dtype
     np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(diffs, want_y[:, 1:] - want_y[:, :-1])
     np.testing.assert_array_equal(phi_x, want_phi)
     assert np.all(np.abs(clipped) <= upper)
 
@@ -43,23 +45,25 @@ def test_dual_step_is_the_numpy_update(dtype):
 @pytest.mark.parametrize("positivity", [True, False])
 def test_primal_step_and_relax(dtype, positivity):
     rng = np.random.default_rng(1)
-    x, adj, grad = (rng.standard_normal(200).astype(dtype) for _ in range(3))
-    want = x - dtype(0.5) * (adj + grad)
+    x, adj, grad = (rng.standard_normal((4, 50)).astype(dtype) for _ in range(3))
+    dual = rng.standard_normal((4, 3, 50)).astype(dtype)
+    want = x - dtype(0.5) * ((adj + dual[:, 0]) + grad)
     if positivity:
         want = np.maximum(want, 0)
     out = adj.copy()
-    kernels.primal_step(x, out, grad, dtype(0.5), positivity)
+    kernels.primal_step(x, out, grad, dual, dtype(0.5), positivity)
     np.testing.assert_array_equal(out, want)
+    x, out = x.reshape(-1), out.reshape(-1)
     target = x.copy()
     kernels.relax(target, out, dtype(0.8))
     np.testing.assert_array_equal(target, x + dtype(0.8) * (out - x))
 
 
 def test_primal_step_keeps_nan():
-    x = np.array([np.nan, -1.0, 2.0])
-    out = np.zeros(3)
-    kernels.primal_step(x, out, np.zeros(3), 1.0, True)
-    assert np.isnan(out[0]) and out[1] == 0.0 and out[2] == 2.0
+    x = np.array([[np.nan, -1.0, 2.0]])
+    out = np.zeros((1, 3))
+    kernels.primal_step(x, out, np.zeros((1, 3)), np.zeros((1, 2, 3)), 1.0, True)
+    assert np.isnan(out[0, 0]) and out[0, 1] == 0.0 and out[0, 2] == 2.0
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -102,6 +106,17 @@ def test_rfft2_stack_equals_scipy_and_is_the_same_bits_in_any_stack(shape, dtype
     np.testing.assert_allclose(out, want, rtol=0, atol=tol * np.abs(want).max())
     np.testing.assert_array_equal(rfft2_stack(x[7:9], dtype), out[7:9])
     np.testing.assert_array_equal(rfft2_stack(x[5], dtype), out[5])
+
+
+@pytest.mark.parametrize("boundary", ["periodic", "zero"])
+@pytest.mark.parametrize("n_scales", [2, 4])
+def test_adjoint_from_band_differences_is_the_adjoint_less_its_first_band(boundary, n_scales):
+    op = Wavelet((17, 19), n_scales, "starlet", boundary)
+    z = np.random.default_rng(6).standard_normal((3, n_scales - 1, 17, 19))
+    out = np.empty((3, 17, 19))
+    op.adj_of_differences_into(z[:, 1:] - z[:, :-1], z[:, -1], out,
+                               np.empty(op.work_shape(3)))
+    np.testing.assert_allclose(out + z[:, 0], op.adj(z), rtol=0, atol=1e-13)
 
 
 def test_shared_wavelet_is_built_once_and_equals_a_fresh_one():

@@ -7,11 +7,12 @@ does, in galdecon's implementation (:mod:`galdecon.core.solver`):
   :math:`N \times N` by :math:`N \times 2H` product (:math:`H = N/2 + 1`) and a complex
   :math:`N \times N` by :math:`N \times H` product;
 - Φ and Φᵀ, each a :math:`N \times N` by :math:`N \times JN` product and :math:`J`
-  products of :math:`N \times N` matrices (Φ's band differences are formed inside the
-  fused dual pass, Φᵀ's before its products);
+  products of :math:`N \times N` matrices (the band differences of both are formed
+  inside the fused passes);
 - the fused elementwise passes of :mod:`galdecon.core.kernels` (primal step, dual step
-  with both relaxations, the relaxations of x and of the carried spectrum, the gradient's
-  spectrum and the two costs): one load of every value, about 40 flops a pixel.
+  with both relaxations and y's band differences, the relaxations of x and of the carried
+  spectrum, the gradient's spectrum and the two costs): one load of every value, about 65
+  flops a pixel.
 
 :func:`iteration_flops` counts these floating-point operations; :func:`measure` times the
 same products on this machine's BLAS (one thread, the batched shapes the solver uses),
@@ -43,11 +44,11 @@ def iteration_flops(size: int = 41, n_bands: int = 3) -> dict:
     dft = real_pass + complex_pass              # one forward or one inverse transform
     wavelet = 2 * n * n * (n_bands * n) + n_bands * 2 * n**3   # Φ or Φᵀ
     pixels, spectrum = n * n, n * half
-    # Fused passes (galdecon.core.kernels), flops per value: primal step 4, dual step 12
-    # (with Φ's band difference) and the l1 cost 3 per dual value, x's relaxation 3, Φᵀ's
-    # J differences 1, the gradient's spectrum 2 and its relaxation 3 per real, the
-    # fidelity cost 10 per complex value.
-    elementwise = ((4 + 3 + n_bands) * pixels + (12 + 3) * n_bands * pixels
+    # Fused passes (galdecon.core.kernels), flops per value: primal step 5 (with Φᵀ's
+    # identity band), dual step 13 (with Φ's band difference and y's for Φᵀ) and the l1
+    # cost 3 per dual value, x's relaxation 3, the gradient's spectrum 2 and its
+    # relaxation 3 per real, the fidelity cost 10 per complex value.
+    elementwise = ((5 + 3) * pixels + (13 + 3) * n_bands * pixels
                    + (2 + 3) * 2 * spectrum + 10 * spectrum)
     parts = {"dft_forward": dft, "dft_inverse": dft, "wavelet": wavelet,
              "wavelet_adjoint": wavelet, "elementwise": elementwise}
@@ -89,13 +90,14 @@ def measure(size: int = 41, n_bands: int = 3, chunk: int = 32, repeat: int = 20,
     image, coeffs = np.empty_like(x), wavelet.op(x)
     work = np.empty(spec.shape[:2] + (2 * spec.shape[2],), dtype)
     spec_work = np.empty_like(spec)
-    wave_work, diff = np.empty(wavelet.work_shape(chunk), dtype), np.empty_like(x)
+    wave_work = np.empty(wavelet.work_shape(chunk), dtype)
     out = {"dtype": dtype.name}
     with blas_single_thread():
         dft_s = _best(lambda: (dft.forward(x, spec, work), dft.inverse(spec, image, spec_work)),
                       repeat) / chunk
         wavelet_s = _best(lambda: (wavelet.smooth_into(x, coeffs, wave_work),
-                                   wavelet.adj_into(coeffs, image, wave_work, diff)),
+                                   wavelet.adj_of_differences_into(
+                                       coeffs[:, 1:], coeffs[:, -1], image, wave_work)),
                           repeat) / chunk
         fused_s = _best(fused_passes(x, coeffs, spec), repeat) / chunk
         fft_s = _best(lambda: sfft.irfft2(sfft.rfft2(x), s=(size, size)), repeat) / chunk
@@ -121,15 +123,17 @@ def fused_passes(x: np.ndarray, coeffs: np.ndarray, spec: np.ndarray):
     flat = [a.reshape(m, n_bands, -1) for a in (coeffs, coeffs.copy(), coeffs.copy())]
     weights = np.abs(coeffs.copy()).reshape(m, n_bands, -1)
     x1, x2 = x.reshape(-1), x.copy().reshape(-1)
-    grad = x.copy().reshape(-1)
+    grad = x.copy().reshape(m, -1)
+    diffs = flat[2][:, 1:].copy()
     pairs, fresh = spec.view(x.dtype), spec.copy().view(x.dtype)
     parseval = np.ones(spec.shape[-1])
 
     def run():
         kernels.gradient_spectrum(pairs, fresh, fresh, fresh)
-        kernels.primal_step(x1, x2, grad, dtype(0.5), True)
+        kernels.primal_step(x1.reshape(m, -1), x2.reshape(m, -1), grad, flat[0], dtype(0.5),
+                            True)
         kernels.dual_step(flat[0], flat[1], flat[2], x2.reshape(m, -1), weights, dtype(0.5),
-                          dtype(0.8))
+                          dtype(0.8), diffs)
         kernels.relax(fresh.reshape(-1), pairs.reshape(-1), dtype(0.8))
         kernels.relax(x1, x2, dtype(0.8))
         kernels.weighted_l1(weights, flat[1])

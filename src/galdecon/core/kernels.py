@@ -22,18 +22,26 @@ _jit = numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy"
 
 
 @_jit
-def primal_step(x, x_tilde, grad, tau, positivity):
-    """``x̃ ← max(x − τ(x̃ + grad), 0)`` in place (``x̃`` holds Φᵀy); flat arrays."""
+def primal_step(x, x_tilde, grad, dual, tau, positivity):
+    """``x̃ ← max(x − τ((x̃ + y_0) + grad), 0)`` in place.
+
+    ``x̃`` holds Φᵀy less its first band's term y_0 (the identity part of Φᵀ, added here
+    rather than in a pass of its own); ``x``, ``x_tilde``, ``grad`` of shape (m, P),
+    ``dual`` (m, J, P).
+    """
+    m, p = x.shape
     zero = x.dtype.type(0)
-    for k in range(x.shape[0]):
-        v = x[k] - tau * (x_tilde[k] + grad[k])
-        if positivity and v < zero:  # max(v, 0); a NaN stays NaN, as with np.maximum
-            v = zero
-        x_tilde[k] = v
+    for i in range(m):
+        xi, out, g, y0 = x[i], x_tilde[i], grad[i], dual[i, 0]
+        for k in range(p):
+            v = xi[k] - tau * ((out[k] + y0[k]) + g[k])
+            if positivity and v < zero:  # max(v, 0); a NaN stays NaN, as with np.maximum
+                v = zero
+            out[k] = v
 
 
 @_jit
-def dual_step(y, phi_x, smooth, x_tilde, upper, sigma, rho):
+def dual_step(y, phi_x, smooth, x_tilde, upper, sigma, rho, diffs):
     r"""The dual update and the relaxations of y and Φx, in one pass.
 
     Arrays (C-contiguous): ``y``, ``phi_x``, ``upper`` (the weights W) and ``smooth``
@@ -42,6 +50,10 @@ def dual_step(y, phi_x, smooth, x_tilde, upper, sigma, rho):
     :math:`Φx̃` is :math:`S_j x̃ − S_{j+1} x̃`, and::
 
         ỹ = y + σ(2Φx̃ − Φx);  ŷ = clip(ỹ, −W, W);  y ← y + ρ(ŷ − y);  Φx ← Φx + ρ(Φx̃ − Φx)
+
+    and ``diffs`` (m, J − 1, P) receives the new y's band differences
+    :math:`y_{j+1} − y_j`, which Φᵀ of the next iteration needs
+    (:meth:`~galdecon.core.operators.wavelet.Wavelet.adj_of_differences_into`).
     """
     m, n_bands, p = y.shape
     two_sigma = sigma + sigma  # exact, and keeps float32 arithmetic in float32
@@ -55,6 +67,10 @@ def dual_step(y, phi_x, smooth, x_tilde, upper, sigma, rho):
                 cand = max(min(cand, w[k]), -w[k])
                 dual[k] = dual[k] + rho * (cand - dual[k])
                 old[k] = old[k] + rho * (phi_tilde - old[k])
+            if j > 0:
+                below, out = y[i, j - 1], diffs[i, j - 1]
+                for k in range(p):
+                    out[k] = dual[k] - below[k]
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy", fastmath=True)

@@ -229,7 +229,7 @@ def _sparse_chunk(fidelity, wavelet, x, y, weights, problem, n_iter, mask, costs
     m, n_bands = y.shape[0], y.shape[1]
     primal_shape, dual_shape = x.shape, y.shape
     work = scratch("wavelet.work", wavelet.work_shape(m), dtype)
-    diff = scratch("wavelet.diff", primal_shape, dtype)
+    diffs = scratch("sparse.dual_diffs", (m, n_bands - 1) + primal_shape[1:], dtype)
     grad = scratch("sparse.grad", primal_shape, dtype)
     x_tilde = scratch("sparse.x_tilde", primal_shape, dtype)
     phi_x = scratch("sparse.phi_x", dual_shape, dtype)
@@ -241,19 +241,21 @@ def _sparse_chunk(fidelity, wavelet, x, y, weights, problem, n_iter, mask, costs
     # Flat (m, J, P) and (m, P) views for the fused passes.
     flat_dual = (m, n_bands, -1)
     y3, phi_x3, smooth3, upper3 = (a.reshape(flat_dual) for a in (y, phi_x, smooth, upper))
-    x_tilde2 = x_tilde.reshape(m, -1)
-    x1, x_tilde1, grad1 = x.reshape(-1), x_tilde.reshape(-1), grad.reshape(-1)
+    x2, x_tilde2, grad2 = (a.reshape(m, -1) for a in (x, x_tilde, grad))
+    diffs3 = diffs.reshape(m, n_bands - 1, -1)
+    x1, x_tilde1 = x.reshape(-1), x_tilde.reshape(-1)
     carried = fidelity.carried_like(x)
     fidelity.start_into(x, carried)
     wavelet.op_into(x, phi_x, work)
+    np.subtract(y[:, 1:], y[:, :-1], out=diffs)  # then kept by the dual step
     for it in range(n_iter):
         # x̃ = max(x − τ(Hᵀ(Hx − Y) + Φᵀy), 0)
         fidelity.gradient_into(carried, grad)
-        wavelet.adj_into(y, x_tilde, work, diff)
-        kernels.primal_step(x1, x_tilde1, grad1, tau, positivity)
-        # ỹ = y + σ(2Φx̃ − Φx), ŷ = clip(ỹ, −W, W), y and Φx relaxed, Σ|W ⊙ Φx|
+        wavelet.adj_of_differences_into(diffs, y[:, n_bands - 1], x_tilde, work)
+        kernels.primal_step(x2, x_tilde2, grad2, y3, tau, positivity)
+        # ỹ = y + σ(2Φx̃ − Φx), ŷ = clip(ỹ, −W, W), y and Φx relaxed, y's differences
         wavelet.smooth_into(x_tilde, smooth, work)
-        kernels.dual_step(y3, phi_x3, smooth3, x_tilde2, upper3, sigma, rho)
+        kernels.dual_step(y3, phi_x3, smooth3, x_tilde2, upper3, sigma, rho, diffs3)
         # relaxation of the carried Hx and of x
         fidelity.advance_into(carried, x_tilde, rho)
         kernels.relax(x1, x_tilde1, rho)
@@ -388,12 +390,13 @@ def sparse_scratch_bytes(n_images: int, n_bands: int, n_pixels: int, spectrum: i
                          itemsize: int) -> int:
     """Bytes of one thread's scratch arrays in :func:`sparse_iterate`.
 
-    Per galaxy of a chunk (:data:`CHUNK_SIZE`): 6J + 3 stamp-sized real arrays (the dual
-    and wavelet terms, their bounds, the gradient and x̃) and three spectra (what the
-    fidelity carries and its two work arrays).
+    Per galaxy of a chunk (:data:`CHUNK_SIZE`): 5J + 1 stamp-sized real arrays (Φx, the
+    smoothings, the full-size weights and the wavelet's work: J each; y's J − 1 band
+    differences; the gradient and x̃) and three spectra (what the fidelity carries and its
+    two work arrays).
     """
     chunk = min(n_images, CHUNK_SIZE)
-    return chunk * ((6 * n_bands + 3) * n_pixels * itemsize + 3 * spectrum * 2 * itemsize)
+    return chunk * ((5 * n_bands + 1) * n_pixels * itemsize + 3 * spectrum * 2 * itemsize)
 
 
 def reweight_scratch_bytes(n_in_flight: int, n_bands: int, n_pixels: int,

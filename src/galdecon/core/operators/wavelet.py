@@ -223,6 +223,23 @@ class Wavelet:
         return self.adj_into(z, out, np.empty(self.work_shape(m), dtype=self.dtype),
                              np.empty((m,) + self.shape, dtype=self.dtype))
 
+    def adj_of_differences_into(self, diffs: np.ndarray, last: np.ndarray, out: np.ndarray,
+                                work: np.ndarray) -> np.ndarray:
+        r"""Write :math:`\Phi^T(Z) - Z_0` into ``out`` from the band differences of ``Z``.
+
+        ``diffs`` (``(m, J - 1, N0, N1)``) holds :math:`Z_{s+1} - Z_s` and ``last`` is
+        :math:`Z_{J-1}`: the products of :meth:`adj_into` without its passes, for a caller
+        that forms the differences, and adds :math:`Z_0`, inside passes of its own.
+        """
+        m = last.shape[0]
+        n0, n1 = self.shape
+        for s in range(self.n_bands - 1):
+            np.matmul(self._rows_t[s], diffs[:, s], out=work[:, :, s, :])
+        np.matmul(self._last_rows_t_neg, last, out=work[:, :, self.n_bands - 1, :])
+        np.matmul(work.reshape(m * n0, self.n_bands * n1), self._cols_stack,
+                  out=out.reshape(m * n0, n1))
+        return out
+
     def adj_into(self, z: np.ndarray, out: np.ndarray, work: np.ndarray,
                  diff: np.ndarray) -> np.ndarray:
         r"""Write :math:`\Phi^T(Z)` into ``out`` (C-contiguous) using ``work`` and ``diff``.
