@@ -14,6 +14,12 @@ and reports:
     ``s/iter / n`` — constant when the time grows linearly in n.
 ``vs first``
     ``(s/iter / n)`` divided by the same ratio at the smallest n measured.
+``floor s`` / ``÷ floor``
+    Sparse only: the floor of :mod:`galdecon.bench.floor` (the iteration's matrix
+    products at this machine's single-thread rate, in the same dtype, spread over the
+    engine's threads), measured just before the case, and ``s/iter`` over it; ``CPU ÷
+    floor`` is ``CPU s/iter`` over the floor's CPU time (floor × threads), the ratio a
+    busy machine distorts least (time the process waits for a core is not counted).
 ``state MiB`` / ``peak MiB``
     ``tracemalloc`` current size after set-up (what the blocks hold) and peak during a
     separate short run (set-up + warm-up + a few iterations), both relative to the moment
@@ -46,9 +52,11 @@ import tracemalloc
 
 import numpy as np
 
+from galdecon.bench.floor import floor_estimate, measure
 from galdecon.core.operators import Convolution
 from galdecon.core.problem import Settings
 from galdecon.engines import LocalEngine
+from galdecon.engines.local import default_threads
 from galdecon.run.driver import Driver
 
 SHAPE = (41, 41)
@@ -171,17 +179,20 @@ def main(argv=None):
           f"block_size={args.block_size or 'default'}, {args.iters} timed iterations, "
           f"load average {os.getloadavg()[0]:.2f} at start\n")
     print("| mode | dtype | n | s/iter (median) | min | max | µs/galaxy | vs first "
-          "| CPU s/iter | state MiB | peak MiB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| CPU s/iter | floor s | ÷ floor | CPU ÷ floor | state MiB | peak MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode in args.modes:
         for dtype in args.dtypes:
             first = None
             for n in sorted(args.sizes):
                 if mode == "lowr" and args.max_lowr_n is not None and n > args.max_lowr_n:
-                    print(f"| {mode} | {dtype} | {n} | skipped | | | | | | | |", flush=True)
+                    print(f"| {mode} | {dtype} | {n} | skipped | | | | | | | | | | |", flush=True)
                     continue
                 images, psfs = make_stack(n, args.seed)
                 gc.collect()
+                threads = args.threads or default_threads()
+                floor = (floor_estimate(n, threads, rates=measure(dtype=dtype))["floor_s"]
+                         if mode == "sparse" else float("nan"))
                 median, samples, cpu = time_iterations(images, psfs, mode, dtype, args.iters,
                                                        args.threads, args.block_size)
                 per_galaxy = median / n
@@ -193,7 +204,9 @@ def main(argv=None):
                                          args.block_size)
                 print(f"| {mode} | {dtype} | {n} | {median:.4g} | {min(samples):.4g} "
                       f"| {max(samples):.4g} | {per_galaxy * 1e6:.1f} "
-                      f"| {per_galaxy / first:.2f} | {cpu:.4g} | {state:.0f} | {peak:.0f} |",
+                      f"| {per_galaxy / first:.2f} | {cpu:.4g} | {floor:.4g} "
+                      f"| {median / floor:.2f} | {cpu / (floor * threads):.2f} "
+                      f"| {state:.0f} | {peak:.0f} |",
                       flush=True)
                 del images, psfs
     print("\ns/iter: wall time per iteration (History.iteration_seconds), cost evaluated every "

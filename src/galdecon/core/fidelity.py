@@ -13,12 +13,16 @@ import copy
 import numpy as np
 import scipy.fft as sfft
 
-from galdecon.core.operators.convolution import Convolution, DenseRFFT2, rfft_weights
-from galdecon.core.scratch import add_scaled, scratch
+from galdecon.core import kernels
+from galdecon.core.operators.convolution import (
+    DENSE_DFT_MAX,
+    Convolution,
+    dense_rfft2,
+    rfft2_stack,
+    rfft_weights,
+)
+from galdecon.core.scratch import scratch
 
-#: Largest stamp side for which the DFT is done as dense matrix products (above it the
-#: FFT's n log n wins and scipy.fft is used).
-DENSE_DFT_MAX = 48
 
 def _rows(array: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Rows ``lo:hi`` of a per-galaxy array; a shared (leading length 1) array as it is."""
@@ -48,7 +52,7 @@ class _SciPyRFFT2:
 
 def _real_dft(shape, dtype):
     if max(shape) <= DENSE_DFT_MAX:
-        return DenseRFFT2(shape, dtype)
+        return dense_rfft2(shape, dtype)
     return _SciPyRFFT2(shape)
 
 
@@ -59,14 +63,13 @@ class FourierFidelity:
         self.shape = conv.shape
         self.dtype = np.dtype(images.dtype)
         self.transfer = conv.transfer
-        self.image_spec = sfft.rfft2(images)
+        self.image_spec = rfft2_stack(images, images.dtype)
         self.gain = (conv.transfer * conv.transfer.conj()).real.astype(images.dtype)
         self.hty_spec = conv.transfer.conj() * self.image_spec
         self.parseval = rfft_weights(self.shape[1]) / (self.shape[0] * self.shape[1])
         self.dft = _real_dft(self.shape, self.dtype)
         # Real (re, im)-interleaved forms for the in-place sparse loop.
         self._gain_pairs = np.repeat(self.gain, 2, axis=-1)
-        self._parseval_pairs = np.repeat(self.parseval, 2).astype(self.dtype)
 
     def start(self, x):
         return self.dft.forward(np.ascontiguousarray(x, dtype=self.dtype))
@@ -113,24 +116,18 @@ class FourierFidelity:
 
     def gradient_into(self, spec, out) -> None:
         grad = scratch("fidelity.spectrum_a", spec.shape, spec.dtype)
-        pairs = grad.view(self.dtype)
-        np.multiply(spec.view(self.dtype), self._gain_pairs, out=pairs)
-        pairs -= self.hty_spec.view(self.dtype)
+        kernels.gradient_spectrum(spec.view(self.dtype), self._gain_pairs,
+                                  self.hty_spec.view(self.dtype), grad.view(self.dtype))
         self.dft.inverse(grad, out, scratch("fidelity.spectrum_b", spec.shape, spec.dtype))
 
     def advance_into(self, spec, x_tilde, rho) -> None:
         fresh = self._forward(x_tilde, scratch("fidelity.spectrum_b", spec.shape, spec.dtype))
-        fresh -= spec
-        add_scaled(spec, fresh, rho)
+        kernels.relax(spec.reshape(-1).view(self.dtype), fresh.reshape(-1).view(self.dtype),
+                      self.dtype.type(rho))
 
     def cost_of(self, spec) -> float:
-        resid = scratch("fidelity.spectrum_a", spec.shape, spec.dtype)
-        np.multiply(self.transfer, spec, out=resid)
-        resid -= self.image_spec
-        power = resid.view(self.dtype)
-        power *= power
-        rows = power.reshape(-1, power.shape[-1]) @ self._parseval_pairs
-        return 0.5 * float(np.sum(rows, dtype=np.float64))
+        return float(kernels.fidelity_cost(spec, self.transfer, self.image_spec,
+                                           self.parseval))
 
 
 class PixelFidelity:

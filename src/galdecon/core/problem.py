@@ -17,7 +17,12 @@ import numpy as np
 import scipy.fft as sfft
 import scipy.linalg
 
-from galdecon.core.operators.convolution import BOUNDARIES, kernel_to_grid, rfft_weights
+from galdecon.core.operators.convolution import (
+    BOUNDARIES,
+    kernel_to_grid,
+    rfft2_stack,
+    rfft_weights,
+)
 from galdecon.core.operators.prox import THRESHOLD_TYPES
 from galdecon.core.operators.wavelet import WAVELETS, Wavelet, atrous_filters
 from galdecon.errors import ConfigError
@@ -363,7 +368,7 @@ def sparse_weights(psfs: np.ndarray, shape, settings: Settings, noise_sigma: flo
     else:
         grid = (sfft.next_fast_len(shape[0] + psfs.shape[1] - 1, real=True),
                 sfft.next_fast_len(shape[1] + psfs.shape[2] - 1, real=True))
-    psf_spec = sfft.rfft2(kernel_to_grid(psfs, grid))
+    psf_spec = rfft2_stack(kernel_to_grid(psfs, grid))
     filt_spec = sfft.rfft2(kernel_to_grid(filters, grid))
     power = np.abs(psf_spec[:, None]) ** 2 * np.abs(filt_spec[None]) ** 2
     norms_sq = np.tensordot(power, rfft_weights(grid[1]), axes=([3], [0])).sum(axis=2)

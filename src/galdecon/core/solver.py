@@ -28,11 +28,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from galdecon.core import kernels
 from galdecon.core.fidelity import FourierFidelity, PixelFidelity, WeightedFidelity
 from galdecon.core.operators.convolution import Convolution
 from galdecon.core.operators.prox import apply_svt
+from galdecon.core.operators.wavelet import shared_wavelet
 from galdecon.core.problem import Problem
-from galdecon.core.scratch import add_scaled, scratch
+from galdecon.core.scratch import scratch
 
 
 @dataclass
@@ -112,7 +114,9 @@ def operators(block: Block, problem: Problem) -> dict:
         else:
             fidelity = (FourierFidelity if s.boundary == "periodic" else PixelFidelity)(
                 conv, block.images)
-        ops.update(key=key, conv=conv, fidelity=fidelity, wavelet=problem.wavelet())
+        ops.update(key=key, conv=conv, fidelity=fidelity,
+                   wavelet=shared_wavelet(problem.shape, s.n_scales, s.wavelet, s.boundary,
+                                          problem.dtype))
     return ops
 
 
@@ -222,68 +226,49 @@ def sparse_iterate(block: Block, problem: Problem, n_iter: int,
 def _sparse_chunk(fidelity, wavelet, x, y, weights, problem, n_iter, mask, costs) -> None:
     """Run the iterations on one chunk, updating ``x`` and ``y`` in place, adding to ``costs``.
 
-    Per iteration: one inverse and one forward DFT, one Φᵀ, one Φ, and in-place passes;
-    ``z += a·w`` is one BLAS axpy pass. Scratch arrays are this thread's, reused.
+    Per iteration: one inverse and one forward DFT, one Φᵀ, the J smoothings of Φ, and
+    three fused passes (:mod:`galdecon.core.kernels`): the primal step, the dual step with
+    both relaxations, the primal relaxation (and the l1 cost when due). Scratch arrays are this
+    thread's, reused.
     """
     settings = problem.settings
-    tau, sigma, rho = problem.tau, problem.sigma, settings.relax
     dtype = x.dtype
+    tau, sigma, rho = (dtype.type(v) for v in (problem.tau, problem.sigma, settings.relax))
+    m, n_bands = y.shape[0], y.shape[1]
     primal_shape, dual_shape = x.shape, y.shape
-    work = scratch("wavelet.work", wavelet.work_shape(x.shape[0]), dtype)
-    diff = scratch("wavelet.diff", primal_shape, dtype)
+    work = scratch("wavelet.work", wavelet.work_shape(m), dtype)
+    diffs = scratch("sparse.dual_diffs", (m, n_bands - 1) + primal_shape[1:], dtype)
     grad = scratch("sparse.grad", primal_shape, dtype)
     x_tilde = scratch("sparse.x_tilde", primal_shape, dtype)
     phi_x = scratch("sparse.phi_x", dual_shape, dtype)
-    phi_tilde = scratch("sparse.phi_tilde", dual_shape, dtype)
-    y_tilde = scratch("sparse.y_tilde", dual_shape, dtype)
-    # Full-size bounds: numpy's min/max run twice as fast on two arrays as with a
-    # broadcast operand, and np.clip is slower still.
-    upper = scratch("sparse.upper", dual_shape, dtype)
-    lower = scratch("sparse.lower", dual_shape, dtype)
+    smooth = scratch("sparse.smooth", dual_shape, dtype)
+    upper = scratch("sparse.upper", dual_shape, dtype)  # full-size W: one load per value
     np.copyto(upper, weights[:, :, None, None] if weights.ndim == 2 else weights,
               casting="same_kind")
-    np.negative(upper, out=lower)
-    if settings.positivity:  # one zero stamp: max with a scalar 0 is twice as slow
-        zeros = scratch("sparse.zeros", (1,) + primal_shape[1:], dtype)
-        zeros.fill(0)
+    positivity = bool(settings.positivity)
+    # Flat (m, J, P) and (m, P) views for the fused passes.
+    flat_dual = (m, n_bands, -1)
+    y3, phi_x3, smooth3, upper3 = (a.reshape(flat_dual) for a in (y, phi_x, smooth, upper))
+    x2, x_tilde2, grad2 = (a.reshape(m, -1) for a in (x, x_tilde, grad))
+    diffs3 = diffs.reshape(m, n_bands - 1, -1)
+    x1, x_tilde1 = x.reshape(-1), x_tilde.reshape(-1)
     carried = fidelity.carried_like(x)
     fidelity.start_into(x, carried)
     wavelet.op_into(x, phi_x, work)
+    np.subtract(y[:, 1:], y[:, :-1], out=diffs)  # then kept by the dual step
     for it in range(n_iter):
         # x̃ = max(x − τ(Hᵀ(Hx − Y) + Φᵀy), 0)
         fidelity.gradient_into(carried, grad)
-        wavelet.adj_into(y, x_tilde, work, diff)
-        x_tilde += grad
-        x_tilde *= -tau
-        x_tilde += x
-        if settings.positivity:
-            np.maximum(x_tilde, zeros, out=x_tilde)
-        # ỹ = y + σ(2Φx̃ − Φx), ŷ = clip(ỹ, −W, W)
-        wavelet.op_into(x_tilde, phi_tilde, work)
-        np.multiply(phi_tilde, 2 * sigma, out=y_tilde)
-        add_scaled(y_tilde, phi_x, -sigma)
-        y_tilde += y
-        np.minimum(y_tilde, upper, out=y_tilde)
-        np.maximum(y_tilde, lower, out=y_tilde)
-        # relaxation: v ← v + ρ(ṽ − v) for y, Φx, the carried Hx and x
-        y_tilde -= y
-        add_scaled(y, y_tilde, rho)
-        phi_tilde -= phi_x
-        add_scaled(phi_x, phi_tilde, rho)
+        wavelet.adj_of_differences_into(diffs, y[:, n_bands - 1], x_tilde, work)
+        kernels.primal_step(x2, x_tilde2, grad2, y3, tau, positivity)
+        # ỹ = y + σ(2Φx̃ − Φx), ŷ = clip(ỹ, −W, W), y and Φx relaxed, y's differences
+        wavelet.smooth_into(x_tilde, smooth, work)
+        kernels.dual_step(y3, phi_x3, smooth3, x_tilde2, upper3, sigma, rho, diffs3)
+        # relaxation of the carried Hx and of x
         fidelity.advance_into(carried, x_tilde, rho)
-        x_tilde -= x
-        add_scaled(x, x_tilde, rho)
+        kernels.relax(x1, x_tilde1, rho)
         if mask[it]:
-            costs[it] += fidelity.cost_of(carried) + _l1_weighted_into(upper, phi_x, y_tilde)
-
-
-def _l1_weighted_into(weights: np.ndarray, coeffs: np.ndarray, work: np.ndarray) -> float:
-    """Return Σ |W ⊙ Φx| for full-size weights, using ``work`` (float64 accumulation)."""
-    np.abs(coeffs, out=work)
-    if work.dtype == np.float64:
-        return float(np.vdot(weights, work))
-    work *= weights
-    return float(np.sum(work.sum(axis=(2, 3)), dtype=np.float64))
+            costs[it] += fidelity.cost_of(carried) + kernels.weighted_l1(upper3, phi_x3)
 
 
 def lowr_step(block: Block, problem: Problem, factors=None, begin: bool = True,
@@ -413,12 +398,13 @@ def sparse_scratch_bytes(n_images: int, n_bands: int, n_pixels: int, spectrum: i
                          itemsize: int) -> int:
     """Bytes of one thread's scratch arrays in :func:`sparse_iterate`.
 
-    Per galaxy of a chunk (:data:`CHUNK_SIZE`): 6J + 3 stamp-sized real arrays (the dual
-    and wavelet terms, their bounds, the gradient and x̃) and three spectra (what the
-    fidelity carries and its two work arrays).
+    Per galaxy of a chunk (:data:`CHUNK_SIZE`): 5J + 1 stamp-sized real arrays (Φx, the
+    smoothings, the full-size weights and the wavelet's work: J each; y's J − 1 band
+    differences; the gradient and x̃) and three spectra (what the fidelity carries and its
+    two work arrays).
     """
     chunk = min(n_images, CHUNK_SIZE)
-    return chunk * ((6 * n_bands + 3) * n_pixels * itemsize + 3 * spectrum * 2 * itemsize)
+    return chunk * ((5 * n_bands + 1) * n_pixels * itemsize + 3 * spectrum * 2 * itemsize)
 
 
 def reweight_scratch_bytes(n_in_flight: int, n_bands: int, n_pixels: int,

@@ -18,10 +18,20 @@ Boundaries
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import scipy.fft as sfft
 
 BOUNDARIES = ("periodic", "zero")
+
+#: Largest stamp side for which 2-D DFTs are done as dense matrix products
+#: (:class:`DenseRFFT2`); above it the FFT's n log n wins and scipy.fft is used.
+DENSE_DFT_MAX = 48
+
+#: Stamps per product when a whole stack is transformed at once (:func:`rfft2_stack`):
+#: the work arrays of a few hundred stamps stay in cache.
+_STACK_CHUNK = 256
 
 
 def complex_dtype(dtype) -> np.dtype:
@@ -52,6 +62,45 @@ def kernel_to_grid(kernel: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     out = np.zeros(kernel.shape[:-2] + tuple(grid), dtype=kernel.dtype)
     out[..., :k0, :k1] = kernel
     return np.roll(out, (-(k0 // 2), -(k1 // 2)), axis=(-2, -1))
+
+
+@functools.lru_cache(maxsize=16)
+def _dense_rfft2(shape: tuple, dtype: str) -> DenseRFFT2:
+    return DenseRFFT2(shape, dtype)
+
+
+def dense_rfft2(shape, dtype=np.float64) -> DenseRFFT2:
+    """A shared :class:`DenseRFFT2` (its matrices are built once per shape and dtype).
+
+    Its methods keep no state between calls, so one instance serves every thread.
+    """
+    return _dense_rfft2((int(shape[0]), int(shape[1])), np.dtype(dtype).str)
+
+
+def rfft2_stack(x: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """``scipy.fft.rfft2`` of a stack ``(..., N0, N1)``, dense products for small stamps.
+
+    For the stamp sizes of :data:`DENSE_DFT_MAX` and below, :class:`DenseRFFT2` (in
+    ``dtype``) on chunks of stamps: 3–4× faster than pocketfft on prime sizes such as 41,
+    equal to it up to rounding. Used where whole stacks are transformed once (PSF transfer
+    functions, image spectra, the sparse weights).
+    """
+    x = np.asarray(x)
+    shape = x.shape[-2:]
+    if max(shape) > DENSE_DFT_MAX:
+        return sfft.rfft2(x)
+    dft = dense_rfft2(shape, dtype)
+    stack = np.ascontiguousarray(x.reshape((-1,) + shape), dtype=dtype)
+    out = np.empty((stack.shape[0], shape[0], dft.half), dtype=dft.complex_dtype)
+    work = np.empty((min(_STACK_CHUNK, stack.shape[0]), shape[0], 2 * dft.half), dtype=dtype)
+    for lo in range(0, stack.shape[0], _STACK_CHUNK):
+        hi = min(lo + _STACK_CHUNK, stack.shape[0])
+        # One product per stamp (a 3-D matmul), not one over the chunk's rows as in the
+        # solver's loop: a stamp's spectrum is then the same bits whichever stack holds
+        # it (a shared PSF and its repeats, blocks of any size).
+        np.matmul(stack[lo:hi], dft.forward_real, out=work[: hi - lo])
+        np.matmul(dft.forward_complex, work[: hi - lo].view(dft.complex_dtype), out=out[lo:hi])
+    return out.reshape(x.shape[:-2] + out.shape[1:])
 
 
 def rfft_weights(n_last: int, dtype=np.float64) -> np.ndarray:
@@ -113,7 +162,7 @@ class Convolution:
         if k0 > self.shape[0] or k1 > self.shape[1]:
             raise ValueError(f"PSF of shape {(k0, k1)} is larger than the stamp {self.shape}")
         self.grid = grid_shape(self.shape, (k0, k1), boundary)
-        self.transfer = sfft.rfft2(kernel_to_grid(psfs, self.grid)).astype(
+        self.transfer = rfft2_stack(kernel_to_grid(psfs, self.grid), psfs.dtype).astype(
             complex_dtype(dtype), copy=False
         )
 
@@ -225,6 +274,16 @@ class DenseRFFT2:
         self._inverse1 = inverse1.astype(self.dtype)
         self._forward0 = np.exp(-1j * phase0).astype(self.complex_dtype)
         self._inverse0 = np.exp(1j * phase0).astype(self.complex_dtype)
+
+    @property
+    def forward_real(self) -> np.ndarray:
+        """The last axis' real → (re, im) product matrix, shape ``(N1, 2 * (N1 // 2 + 1))``."""
+        return self._forward1
+
+    @property
+    def forward_complex(self) -> np.ndarray:
+        """The first axis' complex DFT matrix, shape ``(N0, N0)``."""
+        return self._forward0
 
     def spectrum_shape(self, m: int) -> tuple[int, int, int]:
         """Shape of the half spectra of ``m`` stamps."""

@@ -15,6 +15,8 @@ faster than per-scale FFTs on 41×41 stamps.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from galdecon.core.operators.convolution import BOUNDARIES
@@ -88,6 +90,22 @@ def axis_matrix(impulse: np.ndarray, boundary: str) -> np.ndarray:
         return impulse[offset % size]
     inside = (offset >= 0) & (offset < size)
     return np.where(inside, impulse[np.clip(offset, 0, size - 1)], 0.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_wavelet(shape, n_scales, wavelet, boundary, dtype) -> Wavelet:
+    return Wavelet(shape, n_scales, wavelet, boundary, dtype)
+
+
+def shared_wavelet(shape, n_scales: int = 4, wavelet: str = "starlet",
+                   boundary: str = "periodic", dtype=np.float64) -> Wavelet:
+    """A :class:`Wavelet` built once per set of arguments and shared (it holds no state).
+
+    Every block of a run needs the same operator; building its matrices costs as much
+    as a few dozen stamps' iteration.
+    """
+    return _shared_wavelet((int(shape[0]), int(shape[1])), int(n_scales), wavelet, boundary,
+                           np.dtype(dtype).str)
 
 
 class Wavelet:
@@ -170,10 +188,11 @@ class Wavelet:
             out = np.empty((m, self.n_bands) + self.shape, dtype=self.dtype)
         return self.op_into(x, out, np.empty(self.work_shape(m), dtype=self.dtype))
 
-    def op_into(self, x: np.ndarray, out: np.ndarray, work: np.ndarray) -> np.ndarray:
-        r"""Write :math:`\Phi(X)` into ``out`` using ``work`` (shape :meth:`work_shape`).
+    def smooth_into(self, x: np.ndarray, out: np.ndarray, work: np.ndarray) -> np.ndarray:
+        r"""Write :math:`S_s X`, ``s = 1..J``, into ``out`` (shape ``(m, J, N0, N1)``).
 
-        ``x`` must be C-contiguous with the working dtype; nothing is allocated.
+        The products of :meth:`op_into` without its band differences, for a caller that
+        forms :math:`\Phi(X)_j = S_j X - S_{j+1} X` (:math:`S_0 = I`) inside its own pass.
         """
         m = x.shape[0]
         n0, n1 = self.shape
@@ -181,6 +200,14 @@ class Wavelet:
                   out=work.reshape(m * n0, self.n_bands * n1))
         for s in range(self.n_bands):
             np.matmul(self._rows[s], work[:, :, s, :], out=out[:, s])
+        return out
+
+    def op_into(self, x: np.ndarray, out: np.ndarray, work: np.ndarray) -> np.ndarray:
+        r"""Write :math:`\Phi(X)` into ``out`` using ``work`` (shape :meth:`work_shape`).
+
+        ``x`` must be C-contiguous with the working dtype; nothing is allocated.
+        """
+        self.smooth_into(x, out, work)
         # out[:, s] holds S_{s+1} x; difference in place from the last band down:
         # phi_j = S_j x - S_{j+1} x, phi_0 = x - S_1 x.
         for j in range(self.n_bands - 1, 0, -1):
@@ -195,6 +222,23 @@ class Wavelet:
         out = np.empty((m,) + self.shape, dtype=self.dtype)
         return self.adj_into(z, out, np.empty(self.work_shape(m), dtype=self.dtype),
                              np.empty((m,) + self.shape, dtype=self.dtype))
+
+    def adj_of_differences_into(self, diffs: np.ndarray, last: np.ndarray, out: np.ndarray,
+                                work: np.ndarray) -> np.ndarray:
+        r"""Write :math:`\Phi^T(Z) - Z_0` into ``out`` from the band differences of ``Z``.
+
+        ``diffs`` (``(m, J - 1, N0, N1)``) holds :math:`Z_{s+1} - Z_s` and ``last`` is
+        :math:`Z_{J-1}`: the products of :meth:`adj_into` without its passes, for a caller
+        that forms the differences, and adds :math:`Z_0`, inside passes of its own.
+        """
+        m = last.shape[0]
+        n0, n1 = self.shape
+        for s in range(self.n_bands - 1):
+            np.matmul(self._rows_t[s], diffs[:, s], out=work[:, :, s, :])
+        np.matmul(self._last_rows_t_neg, last, out=work[:, :, self.n_bands - 1, :])
+        np.matmul(work.reshape(m * n0, self.n_bands * n1), self._cols_stack,
+                  out=out.reshape(m * n0, n1))
+        return out
 
     def adj_into(self, z: np.ndarray, out: np.ndarray, work: np.ndarray,
                  diff: np.ndarray) -> np.ndarray:
