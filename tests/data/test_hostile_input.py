@@ -649,7 +649,8 @@ def test_option_file_variables_globs_and_python_stay_literal(tmp_path, capsys, f
         ("-i *.npy -p psf.npy", "*.npy: file not found"),
         ("-i img.npy -p psf.npy -o ~/out", "output directory"),
         ("-i img.npy -p psf.npy --noise-est \"__import__('os').system('touch " + str(marker)
-         + "')\"", "invalid float value: \"__import__('os').system('touch"),
+         + "')\"", "expected a number > 0, global, per-image or border, got "
+                    "\"__import__('os').system('touch"),
         ("-i img.npy -p psf.npy --relax 1+1", "invalid float value: '1+1'"),
         ("-i img.npy -p psf.npy --n-iter '2**64'", "expected an integer, got '2**64'"),
         ("-i img.npy -p psf.npy --evil-option $(id)", "unrecognized arguments: --evil-option "

@@ -190,7 +190,7 @@ def test_pickled_input_via_cli(capsys, small):
     (["--condat-tau", "-1"], "--condat-tau -1.0: expected a positive number or 'auto'"),
     (["--condat-sigma", "fast"], "expected a number or 'auto', got 'fast'"),
     (["--mode", "magic"], "invalid choice: 'magic'"),
-    (["--noise-est", "-3"], "--noise-est -3.0: expected a positive number"),
+    (["--noise-est", "-3"], "expected a number > 0, global, per-image or border, got '-3'"),
     (["--n-scales", "1", "--wave-thresh-factor"], "expected at least one argument"),
     (["--lowr-type", "ngole"], "invalid choice: 'ngole'"),
 ])
