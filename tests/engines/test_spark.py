@@ -244,7 +244,8 @@ def test_low_rank_equals_local(spark_session, example, partitions, kind):
     # One map and one reduction per iteration (map_reduce): each partition folds its
     # tiles' TSQR factors, the driver merges the partitions'.
     images, psfs = example
-    settings = Settings(mode="lowr", n_iter=12, tolerance=0.0, lowr_thresh_type=kind)
+    settings = Settings(mode="lowr", n_iter=12, tolerance=0.0, lowr_thresh_type=kind,
+                        lowr_thresh_factor=1.0)  # the reference's λ, for §9's number
     engine = spark_engine(spark_session, partitions=partitions)
     spark_run = deconvolve(engine, images, psfs, settings)
     assert_same_run(spark_run, deconvolve(matching_local(engine), images, psfs, settings))
