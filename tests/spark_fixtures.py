@@ -109,6 +109,22 @@ class CountCalls:
         return self.fn(block)
 
 
+class CountingStack:
+    """A store stack whose reads (on the workers) add to a Spark accumulator."""
+
+    def __init__(self, stack, reads):
+        self.stack, self.reads = stack, reads
+        self.shape, self.n_chunks = stack.shape, stack.n_chunks
+        self.primal, self.state = stack.primal, stack.state
+
+    def bounds(self, n_blocks):
+        return self.stack.bounds(n_blocks)
+
+    def read(self, start, stop):
+        self.reads.add(1)
+        return self.stack.read(start, stop)
+
+
 def _ship_by_value():
     # Spark workers cannot import this test module, so its classes travel by value.
     try:

@@ -7,7 +7,6 @@ the store reads that build the static data, and lose it on purpose.
 
 from __future__ import annotations
 
-import sys
 from functools import partial
 
 import numpy as np
@@ -16,38 +15,11 @@ import pytest
 from galdecon.core.problem import Settings
 from galdecon.engines.local import LocalEngine
 from galdecon.run.driver import Driver, _sparse_task
-from spark_fixtures import EXAMPLE_DIR, relative_error, spark_or_skip
+from spark_fixtures import EXAMPLE_DIR, CountingStack, relative_error, spark_or_skip
 
 pytestmark = pytest.mark.spark
 N = 40
 SETTINGS = Settings(n_iter=8, tolerance=0.0, n_reweights=0)
-
-
-class CountingStack:
-    """A store stack whose reads (on the workers) add to a Spark accumulator."""
-
-    def __init__(self, stack, reads):
-        self.stack, self.reads = stack, reads
-        self.shape, self.n_chunks = stack.shape, stack.n_chunks
-        self.primal, self.state = stack.primal, stack.state
-
-    def bounds(self, n_blocks):
-        return self.stack.bounds(n_blocks)
-
-    def read(self, start, stop):
-        self.reads.add(1)
-        return self.stack.read(start, stop)
-
-
-def _ship_by_value():
-    try:
-        from pyspark import cloudpickle
-    except ImportError:  # pragma: no cover - the tests skip without pyspark
-        return
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-_ship_by_value()
 
 
 @pytest.fixture(scope="module")

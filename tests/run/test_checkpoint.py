@@ -53,6 +53,14 @@ def stop_after(iterations: int) -> tuple[StopRequest, callable]:
     return stop, progress
 
 
+def stopped_run(images, psfs, directory, at: int, **options) -> None:
+    """Run until ``at`` iterations are done, then stop: the checkpoint is in ``directory``."""
+    stop, progress = stop_after(at)
+    with pytest.raises(RunInterrupted):
+        galdecon.deconvolve(images, psfs, progress=progress, stop=stop,
+                            checkpoint=directory, **options)
+
+
 def assert_identical(result, reference):
     np.testing.assert_array_equal(result.primal, reference.primal)
     np.testing.assert_array_equal(result.dual, reference.dual)
@@ -113,10 +121,7 @@ def test_periodic_checkpoints_and_a_resume_from_an_early_one(stack, references, 
 
 def test_resume_refuses_other_data_and_other_settings(stack, tmp_path):
     images, psfs = stack
-    stop, progress = stop_after(8)
-    with pytest.raises(RunInterrupted):
-        galdecon.deconvolve(images, psfs, progress=progress, stop=stop,
-                            checkpoint=tmp_path / "ck", **SPARSE)
+    stopped_run(images, psfs, tmp_path / "ck", 8, **SPARSE)
     other = images.copy()
     other[3, 20, 20] += 1e-9
     with pytest.raises(InputError, match=r"images differ .* \(checksum mismatch\)"):
@@ -134,10 +139,7 @@ def test_corrupt_or_foreign_checkpoints_are_refused(stack, tmp_path):
     images, psfs = stack
     with pytest.raises(InputError, match="no checkpoint here"):
         checkpoint.load(tmp_path)
-    stop, progress = stop_after(4)
-    with pytest.raises(RunInterrupted):
-        galdecon.deconvolve(images, psfs, progress=progress, stop=stop,
-                            checkpoint=tmp_path / "ck", **SPARSE)
+    stopped_run(images, psfs, tmp_path / "ck", 4, **SPARSE)
     state = tmp_path / "ck" / checkpoint.STATE_FILE
     data = state.read_bytes()
     state.write_bytes(data[: len(data) // 2])  # truncated
@@ -162,10 +164,7 @@ def test_checkpoint_contents_are_validated_before_resuming(stack, tmp_path):
     # A NaN primal, a counter beyond --n-iter or a wrong shape would otherwise resume to
     # exit 0 with NaN outputs or a false iteration count.
     images, psfs = stack
-    stop, progress = stop_after(8)
-    with pytest.raises(RunInterrupted):
-        galdecon.deconvolve(images, psfs, progress=progress, stop=stop,
-                            checkpoint=tmp_path / "ck", **SPARSE)
+    stopped_run(images, psfs, tmp_path / "ck", 8, **SPARSE)
     saved = checkpoint.load(tmp_path / "ck")
     arrays = saved.arrays()
     ck = tmp_path / "ck"
@@ -206,10 +205,7 @@ def test_low_rank_checkpoint_holds_the_iteration_begun(stack, references, tmp_pa
     # (one map per iteration finishes k and begins k + 1). The checkpoint saves the three
     # (format version 2; version 1 never holds a pending ỹ and is still resumed).
     images, psfs = stack
-    stop, progress = stop_after(7)
-    with pytest.raises(RunInterrupted):
-        galdecon.deconvolve(images, psfs, progress=progress, stop=stop,
-                            checkpoint=tmp_path / "ck", **LOWR)
+    stopped_run(images, psfs, tmp_path / "ck", 7, **LOWR)
     saved = checkpoint.load(tmp_path / "ck")
     assert saved.meta["version"] == checkpoint.VERSION == 2
     assert saved.meta["arrays"] == ["dual", "pending", "primal"]

@@ -23,10 +23,8 @@ from galdecon.core.noise import (
     block_sigmas,
     block_weight_sigmas,
     check_image_sigmas,
-    image_sigmas,
     noise_sigma,
     sigma_summary,
-    weight_sigmas,
 )
 from galdecon.core.operators.convolution import Convolution
 from galdecon.core.operators.prox import nuclear_norm_of, svt_factors
@@ -80,19 +78,18 @@ def has_pixel_weights(block: Block) -> bool:
     return block.pixel_weights is not None
 
 
-def galaxy_sigmas(block: Block, problem: Problem):
-    """The σ the block's sparse weights scale with: one per galaxy, or the problem's."""
-    s = problem.settings
-    if s.noise_est in NOISE_METHODS:
-        return image_sigmas(block.images, s.noise_est)[:, None]
-    if s.noise_est is None and block.pixel_weights is not None:
-        return weight_sigmas(block.pixel_weights)[:, None]
-    return problem.noise_sigma
+def galaxy_sigmas(block: Block, problem: Problem, sigmas: np.ndarray | None):
+    """The σ the block's sparse weights scale with: its galaxies' of the stack's per-image
+    ``sigmas`` (gathered once at set-up), or the problem's one σ."""
+    if sigmas is None:
+        return problem.noise_sigma
+    return sigmas[block.start:block.stop, None]
 
 
-def init_block(block: Block, problem: Problem) -> tuple[Block, None]:
+def init_block(block: Block, problem: Problem,
+               sigmas: np.ndarray | None = None) -> tuple[Block, None]:
     """Set the initial primal (ones, or zeros with pixel weights, unless given), dual
-    (ones) and sparse weights."""
+    (ones) and sparse weights (from ``sigmas``, one per galaxy of the stack, if given)."""
     s = problem.settings
     dtype = problem.dtype
     m = block.size
@@ -117,7 +114,7 @@ def init_block(block: Block, problem: Problem) -> tuple[Block, None]:
             changes["weights0"] = np.array(block.weights0)
     elif s.mode == "sparse":
         changes["dual"] = np.ones((m, s.n_bands) + shape, dtype=dtype)
-        weights = sparse_weights(block.psfs, shape, s, galaxy_sigmas(block, problem))
+        weights = sparse_weights(block.psfs, shape, s, galaxy_sigmas(block, problem, sigmas))
         weights = np.broadcast_to(weights, (m, s.n_bands)).copy()
         changes["weights"] = weights
         changes["weights0"] = weights.copy()
@@ -215,16 +212,17 @@ class Driver:
         """
         t0 = time.perf_counter()
         s = self.settings
-        extra = {}
-        if saved is not None:
+        extra, sigmas = {}, None
+        if saved is not None:  # the saved weights hold the σ_i: none are needed
             sigma, beta = saved["noise_sigma"], saved["beta"]
             extra = saved.get("noise_extra") or {}
         else:
-            sigma, extra = self._noise_level()
+            sigma, sigmas = self._noise_level()
+            extra = {} if sigmas is None else sigma_summary(sigmas)
             beta = self.engine.reduce(partial(block_beta, settings=s, shape=self.shape), max)
         self.problem = dataclasses.replace(
             make_problem(s, self.n_images, self.shape, sigma, beta), extra=extra)
-        self.engine.map(partial(init_block, problem=self.problem))
+        self.engine.map(partial(init_block, problem=self.problem, sigmas=sigmas))
         self._factors = None
         if saved is not None:
             self.restore_state(saved)
@@ -237,13 +235,13 @@ class Driver:
                  self.setup_seconds)
         return self.problem
 
-    def _noise_level(self) -> tuple[float, dict]:
-        """σ for the problem, and what the record says of per-image σ_i.
+    def _noise_level(self) -> tuple[float, np.ndarray | None]:
+        """σ for the problem, and the per-image σ_i (None with one σ for the stack).
 
         Per-image estimates — from each stamp's pixels, or from its inverse-variance
         weights when the run has them and no ``noise_est`` — are gathered (one number a
-        galaxy) and checked here; the blocks compute the same σ_i again for their
-        weights. The problem's σ is then their RMS, the noise level of the whole matrix.
+        galaxy) and checked here, then handed to the blocks for their weights. The
+        problem's σ is their RMS, the noise level of the whole matrix.
         """
         s = self.settings
         weighted = s.noise_est is None and self.engine.first(has_pixel_weights)
@@ -252,10 +250,10 @@ class Driver:
             sigmas = self.engine.reduce(fn, lambda a, b: np.concatenate([a, b]))
             if not weighted:  # weights are checked as an input (every stamp has some)
                 check_image_sigmas(sigmas, s.noise_est)
-            return float(np.sqrt(np.mean(sigmas ** 2))), sigma_summary(sigmas)
+            return float(np.sqrt(np.mean(sigmas ** 2))), sigmas
         if s.noise_est is not None:
-            return s.noise_est, {}
-        return noise_sigma(self.engine), {}
+            return s.noise_est, None
+        return noise_sigma(self.engine), None
 
     # -- iterations ---------------------------------------------------------------------
     def _sparse_step(self, n_iter: int, mask) -> np.ndarray:
