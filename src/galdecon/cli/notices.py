@@ -30,9 +30,9 @@ def engine_options(args, images) -> None:
         say("--threads applies to the local engine; ignored on Spark (its cores are set "
             "by --master, e.g. local[4])")
     if args.partitions:
-        n = len(images) if hasattr(images, "shape") else images.n
-        limit, unit = (n, "galaxy") if hasattr(images, "shape") else (images.n_chunks,
-                                                                       "chunk of the images")
+        in_memory = hasattr(images, "shape")  # an array, not a StoreStack
+        limit, unit = ((len(images), "galaxy") if in_memory
+                       else (images.n_chunks, "chunk of the images"))
         if args.partitions > limit:
             say(f"--partitions {args.partitions} capped at {limit}: one {unit} per partition")
 

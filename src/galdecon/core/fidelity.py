@@ -204,7 +204,6 @@ class WeightedFidelity(PixelFidelity):
 
     def __init__(self, conv: Convolution, images: np.ndarray, pixel_weights: np.ndarray):
         super().__init__(conv, images)
-        self.pixel_weights = pixel_weights
         self.relative = relative_weights(pixel_weights, images.dtype)
 
     def gradient(self, resid):
