@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -151,33 +152,45 @@ def write_results(result, args, files, images, names: dict, argv, outputs: Outpu
     """Write the primal and dual (unless in a store), the cost curve and the run record.
 
     All under temporary names, renamed together at the end (with the store, when the
-    workers wrote one): a failure leaves no output.
+    workers wrote one): a failure leaves no output. The figures are drawn in a second
+    thread while this one hashes the inputs and writes the arrays: drawing holds the GIL,
+    hashing and writing mostly wait on the disk without it, so the two overlap.
     """
     from galdecon.run.record import CliFacts
-    from galdecon.science.figures import cost_curve
-    from galdecon.science.run_gallery import run_gallery
 
     run = result.run_record
-    run.data.sha256 = (images.digests() if files.stored
-                       else {k: io.sha256(v) for k, v in names.items()})
     run.cli = CliFacts(argv=list(argv), random_seed=args.random_seed, output_format=files.fmt)
     run.outputs = {k: str(v) for k, v in files.paths.items()}
-    record = run.to_dict()
-    if files.fmt != "zarr":
-        header = {"GDMODE": files.settings.mode, "GDNITER": record["result"]["iterations"],
-                  "GDSIGMA": record["problem"]["noise_sigma"]}
-        outputs.write("primal", lambda p: io.write_array(p, result.primal, files.fmt, header))
-        outputs.write("dual", lambda p: io.write_array(p, result.dual, files.fmt, header))
-    if "plot" in files.paths:
-        outputs.write("plot", lambda p: cost_curve(record, p))
-        # Drawn from the outputs at their temporary names: nothing is published yet.
-        located = ({"store": outputs.temporary("store")} if files.fmt == "zarr"
-                   else {"primal": result.primal})
-        outputs.write("gallery", lambda p: run_gallery(record, p, where=files.paths["record"],
-                                                       located=located))
+    # A store's digests are its manifest's (no pass over the data); files are hashed below.
+    run.data.sha256 = images.digests() if files.stored else {}
+    with ThreadPoolExecutor(1, thread_name_prefix="galdecon-figures") as pool:
+        figures = (pool.submit(_write_figures, run.to_dict(), result, files, outputs)
+                   if "plot" in files.paths else None)
+        if not files.stored:
+            run.data.sha256 = {k: io.sha256(v) for k, v in names.items()}
+        record = run.to_dict()
+        if files.fmt != "zarr":
+            header = {"GDMODE": files.settings.mode, "GDNITER": record["result"]["iterations"],
+                      "GDSIGMA": record["problem"]["noise_sigma"]}
+            outputs.write("primal", lambda p: io.write_array(p, result.primal, files.fmt, header))
+            outputs.write("dual", lambda p: io.write_array(p, result.dual, files.fmt, header))
+        if figures is not None:
+            figures.result()  # its error, if any, is raised here
     outputs.write("record", lambda p: io.write_json(p, record))
     outputs.commit()
     return record
+
+
+def _write_figures(record: dict, result, files, outputs: OutputSet) -> None:
+    """The cost curve and the gallery, drawn from the outputs at their temporary names."""
+    from galdecon.science.figures import cost_curve
+    from galdecon.science.run_gallery import run_gallery
+
+    outputs.write("plot", lambda p: cost_curve(record, p))
+    located = ({"store": outputs.temporary("store")} if files.fmt == "zarr"
+               else {"primal": result.primal})
+    outputs.write("gallery", lambda p: run_gallery(record, p, where=files.paths["record"],
+                                                   located=located))
 
 
 def check_checkpoint_dir(directory: Path, inputs, resume, overwrite: bool) -> None:
