@@ -6,7 +6,9 @@ Euclid-like PSFs, seed fixed) or reuses a data set, runs
 ``sparse``    galdecon, sparse wavelet mode (defaults: 300 iterations + 1 reweighting)
 ``lowr``      galdecon, low-rank mode (defaults: 300 iterations)
 ``wiener``    Tikhonov/Wiener, λ from the noise level (galdecon.science.baselines.wiener)
-``rl``        Richardson–Lucy, 10 iterations (galdecon.science.baselines.richardson_lucy)
+``rl``        Richardson–Lucy at each iteration count of ``--rl-grid`` (one run,
+              galdecon.science.baselines.richardson_lucy_path); every count is kept (``rl@K``)
+              and ``rl`` is the best by median pixel error: an oracle choice, stated so
 ``observed``  no deconvolution: the observation as the image, HSM PSF-corrected shapes
 
 and measures each with ``galdecon.science.evaluate`` (pixel error plain and windowed, ellipticity
@@ -23,7 +25,12 @@ Examples
     python benchmarks/quality.py                         # n = 100 and 1,000, all SNRs
     python benchmarks/quality.py --sizes 100 --snr 2 10 --n-iter 100   # a quick look
     python benchmarks/quality.py --full                  # adds n = 10,000
+    python benchmarks/quality.py --sizes 1000 --noise sky --snr 1 3 10   # sky-limited noise
     python benchmarks/quality.py --report-only           # tables + figures from the JSON
+
+The data are ``galdecon simulate``'s defaults (GalSim rendering, default population) unless
+``--model discrete``; the noise is per galaxy unless ``--noise sky``. Runs of another model or
+noise convention are keyed ``MODEL-NOISE/...`` in the JSON and get tables of their own.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -47,7 +55,7 @@ METHODS = ("sparse", "lowr", "wiener", "rl", "observed")
 # not run by default: galdecon without the convergence test (always n_iter per round)
 EXTRA_METHODS = ("sparse_fixed", "lowr_fixed")
 LABELS = {"sparse": "galdecon sparse", "lowr": "galdecon low rank", "wiener": "Wiener/Tikhonov",
-          "rl": "Richardson-Lucy", "observed": "no deconvolution",
+          "rl": "Richardson–Lucy, best of grid (oracle)", "observed": "no deconvolution",
           "sparse_fixed": "galdecon sparse, no early stop",
           "lowr_fixed": "galdecon low rank, no early stop"}
 COLOURS = {"sparse": "C0", "lowr": "C3", "wiener": "C2", "rl": "C1", "observed": "0.4",
@@ -61,16 +69,30 @@ TITLES = {"pixel_error": "pixel error", "pixel_error_window": "pixel error, wind
           "psnr": "PSNR (dB)"}
 
 
+DEFAULT_GROUP = ("galsim", "snr")
+
+
+def group_of(args) -> tuple[str, str]:
+    """The (model, noise convention) of the runs ``args`` asks for."""
+    return args.model, args.noise
+
+
+def group_prefix(group) -> str:
+    return "" if tuple(group) == DEFAULT_GROUP else f"{group[0]}-{group[1]}/"
+
+
 def dataset_for(n: int, args) -> dict:
     from galdecon.science.simulate import read_dataset, simulate, write_dataset
 
-    path = args.out / f"sim_n{n}_seed{args.seed}.npz"
+    tag = group_prefix(group_of(args)).replace("/", "_")
+    path = args.out / f"sim_{tag}n{n}_seed{args.seed}.npz"
     if path.exists():
         data = read_dataset(path)
         if all(float(s) in data["noisy"] for s in args.snr):
             return data
     t0 = time.perf_counter()
-    data = simulate(n, seed=args.seed, snr=args.snr, workers=args.workers)
+    data = simulate(n, seed=args.seed, snr=args.snr, workers=args.workers, model=args.model,
+                    noise=args.noise)
     write_dataset(path, data)
     print(f"simulated n={n} in {time.perf_counter() - t0:.1f} s -> {path}", flush=True)
     return data
@@ -91,9 +113,6 @@ def run_method(method: str, images, psfs, args) -> tuple[np.ndarray, dict]:
                  "noise_sigma": result.record["problem"]["noise_sigma"]}
     elif method == "wiener":
         estimate = baselines.wiener(images, psfs)
-    elif method == "rl":
-        estimate = baselines.richardson_lucy(images, psfs, n_iter=args.rl_iter)
-        facts = {"iterations": args.rl_iter}
     elif method == "observed":
         estimate = baselines.observed(images)
         facts["shapes"] = baselines.psf_corrected_shapes(images, psfs)[0]
@@ -103,44 +122,81 @@ def run_method(method: str, images, psfs, args) -> tuple[np.ndarray, dict]:
     return estimate, facts
 
 
+def measure(key, method, n, level, estimate, facts, ctx) -> dict:
+    """Evaluate one estimate, store it under ``key`` (JSON and per-galaxy CSV), print it."""
+    shapes = facts.pop("shapes", None)
+    ev = evaluate(ctx["truth"], estimate, truth_shapes=ctx["truth_shapes"],
+                  estimate_shapes=shapes)
+    safe = key.replace("/", "_").replace("@", "_k")
+    write_csv(ctx["out"] / "per_galaxy" / f"{safe}.csv", ev)
+    model, noise = ctx["group"]
+    record = {"n": n, "snr": float(level), "method": method, "model": model, "noise": noise,
+              "summary": ev["summary"], "hsm": ev["hsm"], "facts": facts}
+    s = ev["summary"]
+    print(f"n={n:<6d} SNR={level:<4g} {method:<9s} {facts['seconds']:8.1f} s  "
+          f"pix {s['pixel_error']['median']:.4f}  "
+          f"e {s['ellipticity_error']['median']:.4f}  "
+          f"e_hsm {s['ellipticity_error_hsm']['median']:.4f}  "
+          f"it {facts.get('iterations', '-')}", flush=True)
+    return record
+
+
+def run_rl(prefix, n, level, images, psfs, ctx, results, args):
+    """Richardson–Lucy at every count of ``--rl-grid``; ``rl`` is the best (oracle) one."""
+    t0 = time.perf_counter()
+    best = None
+    for k, estimate in baselines.richardson_lucy_path(images, psfs, args.rl_grid):
+        facts = {"iterations": k, "seconds": time.perf_counter() - t0}
+        record = measure(f"{prefix}_rl@{k}", f"rl@{k}", n, level, estimate, facts, ctx)
+        results["runs"][f"{prefix}_rl@{k}"] = record
+        if best is None or record["summary"]["pixel_error"]["median"] < \
+                best[0]["summary"]["pixel_error"]["median"]:
+            best = (record, estimate)
+    record, estimate = best
+    grid = {str(k): results["runs"][f"{prefix}_rl@{k}"]["summary"]["pixel_error"]["median"]
+            for k in args.rl_grid}
+    results["runs"][f"{prefix}_rl"] = dict(record, method="rl", facts=dict(
+        record["facts"], grid=grid, oracle="the grid's best median pixel error"))
+    folder = ctx["out"] / "per_galaxy"
+    safe = prefix.replace("/", "_")
+    shutil.copyfile(folder / f"{safe}_rl_k{record['facts']['iterations']}.csv",
+                    folder / f"{safe}_rl.csv")
+    return estimate
+
+
 def run(args) -> dict:
     results_path = args.out / "quality.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.setdefault("runs", {})
-    results["setup"] = {"seed": args.seed, "n_iter": args.n_iter, "rl_iter": args.rl_iter,
+    results["setup"] = {"seed": args.seed, "n_iter": args.n_iter,
+                        "rl_grid": list(args.rl_grid),
                         "machine": platform.platform(), "cpus": os.cpu_count(),
                         "galdecon": galdecon.__version__}
     (args.out / "per_galaxy").mkdir(exist_ok=True)
+    group = group_of(args)
     for n in args.sizes:
         data = dataset_for(n, args)
         truth, psfs = data["truth"], data["psfs"]
-        truth_shapes = None
+        ctx = {"truth": truth, "truth_shapes": None, "out": args.out, "group": group}
         for level in args.snr:
             images = data["noisy"][float(level)]
             gallery = {}
+            prefix = f"{group_prefix(group)}n{n}_snr{snr_label(level)}"
             for method in args.methods:
-                key = f"n{n}_snr{snr_label(level)}_{method}"
+                key = f"{prefix}_{method}"
                 if key in results["runs"] and not args.redo:
                     continue
-                if truth_shapes is None:
-                    truth_shapes = adaptive_shapes(truth)[0]
-                estimate, facts = run_method(method, images, psfs, args)
-                shapes = facts.pop("shapes", None)
-                ev = evaluate(truth, estimate, truth_shapes=truth_shapes,
-                              estimate_shapes=shapes)
-                write_csv(args.out / "per_galaxy" / f"{key}.csv", ev)
-                results["runs"][key] = {"n": n, "snr": float(level), "method": method,
-                                        "summary": ev["summary"], "hsm": ev["hsm"],
-                                        "facts": facts}
+                if ctx["truth_shapes"] is None:
+                    ctx["truth_shapes"] = adaptive_shapes(truth)[0]
+                if method == "rl":
+                    estimate = run_rl(prefix, n, level, images, psfs, ctx, results, args)
+                else:
+                    estimate, facts = run_method(method, images, psfs, args)
+                    results["runs"][key] = measure(key, method, n, level, estimate, facts,
+                                                   ctx)
                 io.write_json(results_path, results)
                 gallery[method] = estimate[:args.gallery]
-                s = ev["summary"]
-                print(f"n={n:<6d} SNR={level:<4g} {method:<9s} {facts['seconds']:8.1f} s  "
-                      f"pix {s['pixel_error']['median']:.4f}  "
-                      f"e {s['ellipticity_error']['median']:.4f}  "
-                      f"e_hsm {s['ellipticity_error_hsm']['median']:.4f}  "
-                      f"it {facts.get('iterations', '-')}", flush=True)
-            if gallery and n == min(args.sizes):
+            if gallery and n == min(args.sizes) and group == DEFAULT_GROUP:
                 path = args.out / f"gallery_n{n}_snr{snr_label(level)}.npz"
                 old = dict(np.load(path)) if path.exists() else {}
                 np.savez(path, **(old | gallery | {"truth": truth[:args.gallery],
@@ -150,8 +206,37 @@ def run(args) -> dict:
 
 # -- report -------------------------------------------------------------------------------
 
-def tables(results: dict, statistic: str = "median") -> str:
-    runs = results["runs"].values()
+def group_runs(results: dict, group=DEFAULT_GROUP) -> list[dict]:
+    """The runs of one (model, noise convention); records without them are the default's."""
+    return [r for r in results["runs"].values()
+            if (r.get("model", "galsim"), r.get("noise", "snr")) == tuple(group)]
+
+
+def rl_grid_table(runs: list[dict]) -> list[str]:
+    """Richardson–Lucy's median pixel error at every iteration count (best in bold)."""
+    grid = [r for r in runs if r["method"].startswith("rl@")]
+    if not grid:
+        return []
+    levels = sorted({r["snr"] for r in grid})
+    best = {(r["n"], r["snr"]): r["facts"]["iterations"] for r in runs if r["method"] == "rl"}
+    index = {(r["n"], r["snr"], r["facts"]["iterations"]): r for r in grid}
+    rows = ["### Richardson–Lucy pixel error (median) by iteration count (best in bold)\n",
+            "| n | iterations | " + " | ".join(f"SNR {s:g}" for s in levels) + " |",
+            "|---:|---:|" + "---:|" * len(levels)]
+    for n, k in sorted({(r["n"], r["facts"]["iterations"]) for r in grid}):
+        cells = []
+        for level in levels:
+            r = index.get((n, level, k))
+            v = "–" if r is None else f"{r['summary']['pixel_error']['median']:.4f}"
+            cells.append(f"**{v}**" if best.get((n, level)) == k else v)
+        rows.append(f"| {n:,} | {k} | " + " | ".join(cells) + " |")
+    return rows + [""]
+
+
+def tables(results: dict, statistic: str = "median", group=DEFAULT_GROUP) -> str:
+    runs = group_runs(results, group)
+    if not runs:
+        return ""
     sizes = sorted({r["n"] for r in runs})
     levels = sorted({r["snr"] for r in runs})
     methods = [m for m in METHODS + EXTRA_METHODS if any(r["method"] == m for r in runs)]
@@ -178,7 +263,7 @@ def tables(results: dict, statistic: str = "median") -> str:
 
     def time_cell(r):
         facts = r["facts"]
-        shown = "iterations" in facts and r["method"] != "rl"
+        shown = "iterations" in facts
         return f"{facts['seconds']:.1f}" + (f" ({facts['iterations']} it)" if shown else "")
 
     out = []
@@ -186,17 +271,20 @@ def tables(results: dict, statistic: str = "median") -> str:
         out += table(f"{TITLES[metric]} ({statistic})", metric_cell(metric))
     out += table("HSM failures (galaxies where adaptive moments failed on the truth or the "
                  "estimate)", lambda r: str(r["hsm"]["failures"]) if r["hsm"] else "–")
-    out += table("time (s) per run", time_cell)
+    out += table("time (s) per run (Richardson–Lucy: the whole grid, best count shown)",
+                 time_cell)
+    out += rl_grid_table(runs)
     return "\n".join(out[:-1]) + "\n"
 
 
-def figure_vs_snr(results: dict, path: Path, methods=METHODS, title: str | None = None) -> None:
+def figure_vs_snr(results: dict, path: Path, methods=METHODS, title: str | None = None,
+                  group=DEFAULT_GROUP) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = list(results["runs"].values())
+    runs = group_runs(results, group)
     sizes = sorted({r["n"] for r in runs})
     styles = ["--", "-", ":", "-."]
     metrics = ("pixel_error", "pixel_error_window", "ellipticity_error",
@@ -271,11 +359,20 @@ def figure_gallery(npz: Path, path: Path, count: int) -> None:
 
 def report(args) -> None:
     results = json.loads((args.out / "quality.json").read_text())
-    text = tables(results)
+    groups = sorted({(r.get("model", "galsim"), r.get("noise", "snr"))
+                     for r in results["runs"].values()}, key=lambda g: g != DEFAULT_GROUP)
+    text = ""
+    for group in groups:
+        text += (f"## model {group[0]}, noise {group[1]}\n\n" + tables(results, group=group)
+                 + "\n")
     (args.out / "quality_tables.md").write_text(text)
     print(text)
     args.figures.mkdir(parents=True, exist_ok=True)
     figure_vs_snr(results, args.figures / "quality_vs_snr.png")
+    for group in groups[1:]:
+        figure_vs_snr(results, args.figures / f"quality_vs_snr_{group[0]}_{group[1]}.png",
+                      title=f"model {group[0]}, noise {group[1]} (band: 16-84 % of "
+                      "galaxies, largest n)", group=group)
     if any(r["method"] in EXTRA_METHODS for r in results["runs"].values()):
         figure_vs_snr(results, args.figures / "quality_early_stop.png",
                       ("sparse", "lowr") + EXTRA_METHODS,
@@ -298,7 +395,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2017)
     parser.add_argument("--n-iter", type=int, default=300,
                         help="galdecon iterations per run and per reweighting (default 300)")
-    parser.add_argument("--rl-iter", type=int, default=baselines.RL_ITERATIONS)
+    parser.add_argument("--rl-grid", type=int, nargs="+", default=list(baselines.RL_GRID),
+                        help="Richardson–Lucy iteration counts (the best is reported)")
+    parser.add_argument("--model", choices=("galsim", "discrete"), default="galsim",
+                        help="how the observations are rendered (galdecon simulate --model)")
+    parser.add_argument("--noise", choices=("snr", "sky"), default="snr",
+                        help="noise convention (galdecon simulate --noise)")
     parser.add_argument("--workers", type=int, default=None, help="simulation processes")
     parser.add_argument("--out", type=Path, default=Path("results/quality"))
     parser.add_argument("--figures", type=Path, default=Path("docs/figures"))

@@ -8,6 +8,7 @@ from galdecon.science.baselines import (
     observed,
     psf_corrected_shapes,
     richardson_lucy,
+    richardson_lucy_path,
     tikhonov_regularisation,
     wiener,
 )
@@ -122,3 +123,15 @@ def test_docstring_examples():
 
     result = doctest.testmod(galdecon.science.baselines, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_richardson_lucy_path_equals_separate_runs(blurred):
+    truth, psfs, clean = blurred
+    rng = np.random.default_rng(1)
+    noisy = clean + 0.02 * rng.standard_normal(clean.shape)
+    path = dict(richardson_lucy_path(noisy, psfs, (7, 0, 3, 3)))
+    assert list(path) == [0, 3, 7]
+    for k, estimate in path.items():
+        np.testing.assert_array_equal(estimate, richardson_lucy(noisy, psfs, n_iter=k))
+    # the flat start: the clipped data's flux spread over the stamp
+    np.testing.assert_allclose(path[0].sum(axis=(1, 2)), np.maximum(noisy, 0).sum(axis=(1, 2)))
