@@ -28,8 +28,12 @@ def test_quality_benchmark_smoke(tmp_path):
                         "--figures", figures, cwd=tmp_path)
     results = json.loads((out / "quality.json").read_text())
     runs = results["runs"]
+    grid = {f"n24_snr10_rl@{k}" for k in results["setup"]["rl_grid"]}
     assert set(runs) == {f"n24_snr10_{m}" for m in
-                         ("sparse", "lowr", "wiener", "rl", "observed")}
+                         ("sparse", "lowr", "wiener", "rl", "observed")} | grid
+    # "rl" is the grid's best median pixel error (the oracle choice), one of the grid's runs.
+    medians = [runs[key]["summary"]["pixel_error"]["median"] for key in grid]
+    assert runs["n24_snr10_rl"]["summary"]["pixel_error"]["median"] == min(medians)
     pixel = {m: runs[f"n24_snr10_{m}"]["summary"]["pixel_error"]["median"]
              for m in ("sparse", "observed")}
     assert pixel["sparse"] < pixel["observed"]  # deconvolution helps at SNR 10
