@@ -203,6 +203,7 @@ def figure(results: dict, path: Path) -> None:
                     axes[1, j].plot(s, hsm_row["ellipticity_error_hsm"], "o", color=colour,
                                     mfc="none", ms=8)
         axes[0, j].set_title(f"{mode}, n = {n:,}", fontsize=10)
+        axes[0, j].set_ylim(0.005, 0.2)  # the first iterates (from ones) are off the scale
         axes[1, j].set_xlabel("iteration (both rounds in sparse)")
         for ax in axes[:, j]:
             ax.set_yscale("log")
