@@ -24,22 +24,42 @@ def test_quality_benchmark_smoke(tmp_path):
     pytest.importorskip("galsim")
     out, figures = tmp_path / "quality", tmp_path / "figures"
     stdout = run_script("quality.py", "--sizes", 24, "--snr", 10, "--n-iter", 30,
-                        "--gallery", 2, "--gallery-snr", 10, "--out", out,
+                        "--gallery", 2, "--gallery-snr", 10, "--rl-grid", 2, 5, "--out", out,
                         "--figures", figures, cwd=tmp_path)
     results = json.loads((out / "quality.json").read_text())
     runs = results["runs"]
-    grid = {f"n24_snr10_rl@{k}" for k in results["setup"]["rl_grid"]}
     assert set(runs) == {f"n24_snr10_{m}" for m in
-                         ("sparse", "lowr", "wiener", "rl", "observed")} | grid
-    # "rl" is the grid's best median pixel error (the oracle choice), one of the grid's runs.
-    medians = [runs[key]["summary"]["pixel_error"]["median"] for key in grid]
-    assert runs["n24_snr10_rl"]["summary"]["pixel_error"]["median"] == min(medians)
+                         ("sparse", "lowr", "wiener", "rl", "rl@2", "rl@5", "observed")}
+    # Richardson–Lucy: the best of its grid, by median pixel error
+    grid = [runs[f"n24_snr10_rl@{k}"]["summary"]["pixel_error"]["median"] for k in (2, 5)]
+    assert runs["n24_snr10_rl"]["summary"]["pixel_error"]["median"] == min(grid)
     pixel = {m: runs[f"n24_snr10_{m}"]["summary"]["pixel_error"]["median"]
              for m in ("sparse", "observed")}
     assert pixel["sparse"] < pixel["observed"]  # deconvolution helps at SNR 10
     assert (figures / "quality_vs_snr.png").read_bytes()[:4] == b"\x89PNG"
     assert (figures / "gallery_n24_snr10.png").is_file()
     assert "galdecon sparse" in stdout and (out / "quality_tables.md").is_file()
+
+
+@pytest.mark.slow
+def test_convergence_quality_benchmark_smoke(tmp_path):
+    """The replayed default stop gives the default run's result, bit for bit."""
+    pytest.importorskip("galsim")
+    import galdecon
+    from galdecon.science.metrics import pixel_error
+    from galdecon.science.simulate import read_dataset
+
+    out = tmp_path / "quality"
+    run_script("convergence_quality.py", "--sizes", 16, "--snr", 10, "--max-iter", 300,
+               "--hsm-every", 8, "--data", out, "--out", out, "--figures", tmp_path, cwd=tmp_path)
+    runs = json.loads((out / "convergence.json").read_text())["runs"]
+    data = read_dataset(out / "sim_n16_seed2017.npz")
+    result = galdecon.deconvolve(data["noisy"][10.0], data["psfs"], mode="lowr")
+    stop = runs["n16_snr10_lowr"]["stops"]["0.0001"]
+    assert stop == [result.record["result"]["iterations"]]
+    row = [r for r in runs["n16_snr10_lowr"]["rows"] if r["iteration"] == stop[0]][0]
+    assert row["pixel_error"] == float(np.median(pixel_error(data["truth"], result.primal)))
+    assert (tmp_path / "quality_vs_iterations.png").is_file()
 
 
 def test_iteration_benchmark_smoke(tmp_path):
