@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from galdecon.core.problem import Settings
 from galdecon.core.solver import ConvergenceTest
 from galdecon.data import io
 from galdecon.run.execute import execute
@@ -45,9 +46,11 @@ from galdecon.run.options import resolve_options
 from galdecon.run.plan import plan_run
 from galdecon.science.dataset import snr_label
 from galdecon.science.evaluate import adaptive_shapes, evaluate
-from galdecon.science.metrics import gaussian_window, pixel_error
+from galdecon.science.figures import pyplot, save
+from galdecon.science.metrics import WINDOW_SIGMA, gaussian_window, pixel_error
+from quality import dataset_for  # the same cached data set as quality.py's
 
-DEFAULT_TOLERANCE = 1e-4  # galdecon's default (Settings.tolerance)
+DEFAULT_TOLERANCE = Settings().tolerance
 COLOURS = {1.0: "C3", 2.0: "C1", 3.0: "C2", 5.0: "C4", 10.0: "C0"}
 
 
@@ -57,7 +60,7 @@ class Recorder:
     def __init__(self, truth, truth_shapes, hsm_every: int, mode: str):
         self.truth = truth
         self.truth_shapes = truth_shapes
-        self.window = gaussian_window(truth.shape[1:], 5.0)
+        self.window = gaussian_window(truth.shape[1:], WINDOW_SIGMA)
         self.hsm_every = hsm_every
         self.mode = mode
         self.rows: list[dict] = []
@@ -130,17 +133,13 @@ def at(rows, iteration):
 
 
 def run(args) -> dict:
-    from galdecon.science.simulate import read_dataset, simulate, write_dataset
-
     path = args.out / "convergence.json"
     results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+    # quality.py's data set of the default model and noise convention, simulated if missing
+    data_args = argparse.Namespace(out=args.data, seed=args.seed, snr=args.snr, workers=None,
+                                   model="galsim", noise="snr")
     for n in args.sizes:
-        data_path = args.data / f"sim_n{n}_seed{args.seed}.npz"
-        if data_path.exists():
-            data = read_dataset(data_path)
-        else:
-            data = simulate(n, seed=args.seed)
-            write_dataset(data_path, data)
+        data = dataset_for(n, data_args)
         truth_shapes = None
         for level in args.snr:
             for mode in args.modes:
@@ -172,14 +171,10 @@ def summary_line(out: dict) -> str:
 
 
 def figure(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = list(results["runs"].values())
     panels = sorted({(r["mode"], r["n"]) for r in runs}, key=lambda p: (p[0] != "sparse", p[1]))
-    fig, axes = plt.subplots(2, len(panels), figsize=(3.6 * len(panels), 6.4), squeeze=False)
+    fig, axes = pyplot().subplots(2, len(panels), figsize=(3.6 * len(panels), 6.4), dpi=90,
+                                  squeeze=False)
     for j, (mode, n) in enumerate(panels):
         for r in sorted((r for r in runs if r["mode"] == mode and r["n"] == n),
                         key=lambda r: r["snr"]):
@@ -213,9 +208,7 @@ def figure(results: dict, path: Path) -> None:
     axes[0, 0].legend(fontsize=8)
     fig.suptitle("error against iterations; o: where the default test (1e-4) stops, "
                  "|: its round-1 stop (sparse reweights there)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main() -> None:

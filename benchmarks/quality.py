@@ -50,6 +50,7 @@ from galdecon.data import io
 from galdecon.science import baselines
 from galdecon.science.dataset import snr_label
 from galdecon.science.evaluate import adaptive_shapes, evaluate, write_csv
+from galdecon.science.figures import pyplot, save
 
 METHODS = ("sparse", "lowr", "wiener", "rl", "observed")
 # not run by default: galdecon without the convergence test (always n_iter per round)
@@ -279,17 +280,12 @@ def tables(results: dict, statistic: str = "median", group=DEFAULT_GROUP) -> str
 
 def figure_vs_snr(results: dict, path: Path, methods=METHODS, title: str | None = None,
                   group=DEFAULT_GROUP) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = group_runs(results, group)
     sizes = sorted({r["n"] for r in runs})
     styles = ["--", "-", ":", "-."]
     metrics = ("pixel_error", "pixel_error_window", "ellipticity_error",
                "ellipticity_error_hsm")
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), sharex=True)
+    fig, axes = pyplot().subplots(2, 2, figsize=(10, 7.5), dpi=90, sharex=True)
     for ax, metric in zip(axes.ravel(), metrics, strict=True):
         for method in methods:
             for n, style in zip(sizes, styles, strict=False):
@@ -321,22 +317,17 @@ def figure_vs_snr(results: dict, path: Path, methods=METHODS, title: str | None 
     fig.suptitle(title or "galdecon vs baselines on simulated Euclid-like data "
                  "(band: 16-84 % of galaxies, largest n)", fontsize=10)
     fig.tight_layout(rect=(0, 0.02 + 0.025 * rows, 1, 0.97))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path, tight=False)
 
 
 def figure_gallery(npz: Path, path: Path, count: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     data = np.load(npz)
     columns = [("observed_image", "observed")] + [
         (m, LABELS[m]) for m in ("sparse", "lowr", "wiener", "rl") if m in data] + [
         ("truth", "truth"), ("residual", "sparse − truth")]
     count = min(count, len(data["truth"]))
-    fig, axes = plt.subplots(count, len(columns), figsize=(1.6 * len(columns), 1.6 * count))
+    fig, axes = pyplot().subplots(count, len(columns), figsize=(1.6 * len(columns), 1.6 * count),
+                                  dpi=80)
     axes = np.atleast_2d(axes)
     for i in range(count):
         truth = data["truth"][i]
@@ -352,9 +343,7 @@ def figure_gallery(npz: Path, path: Path, count: int) -> None:
                 axes[i, j].set_title(title, fontsize=7.5)
     fig.suptitle(f"{npz.stem.replace('gallery_', '').replace('_', ', ')} "
                  "(central 25×25 pixels; residual scale ±¼ of the peak)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 def report(args) -> None:
