@@ -13,7 +13,8 @@ so one run shows where the default stops and what later or earlier iterates give
             ``--max-iter`` iterations: the iterate at the replayed round-2 stop is the
             default run's result, bit for bit.
 ``lowr``    one round with the test off for ``--max-iter`` iterations; the iterate at the
-            replayed stop is the default run's result, bit for bit.
+            replayed stop (the default cost window, 10) is the default run's result, bit
+            for bit; the reference's window-1 stops are replayed too.
 
 Results go to ``OUT/convergence.json`` (resumable: a rerun skips what is there) and the
 figure to ``--figures``/quality_vs_iterations.png.
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galdecon.core.problem import Settings
+from galdecon.core.problem import COST_WINDOWS, Settings
 from galdecon.core.solver import ConvergenceTest
 from galdecon.data import io
 from galdecon.run.execute import execute
@@ -84,13 +85,14 @@ class Recorder:
         self.seconds += time.perf_counter() - t0
 
 
-def replay(costs, tolerance: float, rounds: int) -> list[int]:
+def replay(costs, tolerance: float, rounds: int, window: int = 1) -> list[int]:
     """Iterations (1-based, cumulative) at which the test with ``tolerance`` fires.
 
-    ``costs`` holds one cost per iteration (cost window 1). The test's state carries over
-    from one round to the next, as in the driver.
+    ``costs`` holds one cost per iteration (recorded with cost window 1); a test of a
+    longer ``window`` reads every window-th of them, as it would have been computed. The
+    test's state carries over from one round to the next, as in the driver.
     """
-    test = ConvergenceTest(tolerance)
+    test = ConvergenceTest(tolerance, window)
     stops = []
     for i, cost in enumerate(costs):
         if test.update(cost):
@@ -102,7 +104,8 @@ def replay(costs, tolerance: float, rounds: int) -> list[int]:
 
 def trace(images, psfs, truth, truth_shapes, mode: str, args) -> dict:
     """One recorded run (see the module docstring) and where the default test stops."""
-    options = {"mode": mode, "n_iter": args.max_iter,
+    # a cost every iteration (cost window 1), so that any window's test can be replayed
+    options = {"mode": mode, "n_iter": args.max_iter, "cost_window": 1,
                "tolerance": DEFAULT_TOLERANCE if mode == "sparse" else 0.0}
     settings, engine_options = resolve_options(None, options)
     inputs = read_inputs(images, psfs, None, None, settings.dtype, None, None)
@@ -119,9 +122,12 @@ def trace(images, psfs, truth, truth_shapes, mode: str, args) -> dict:
     # one cost an iteration (cost window 1), counted from 1
     assert list(history.cost_iterations) == list(range(1, len(costs) + 1))
     rounds = 2 if mode == "sparse" else 1
-    stops = {f"{tol:g}": replay(costs, tol, rounds) for tol in args.tolerances}
+    window = COST_WINDOWS[mode]  # the default run's; "stops_window1": the reference's
+    stops = {f"{tol:g}": replay(costs, tol, rounds, window) for tol in args.tolerances}
+    reference = {f"{tol:g}": replay(costs, tol, rounds) for tol in args.tolerances}
     return {"mode": mode, "rows": recorder.rows, "costs": costs,
             "iterations_per_round": history.iterations_per_round, "stops": stops,
+            "cost_window": window, "stops_window1": reference,
             "seconds": time.perf_counter() - t0 - recorder.seconds,
             "measure_seconds": recorder.seconds}
 

@@ -59,7 +59,22 @@ def test_convergence_quality_benchmark_smoke(tmp_path):
     assert stop == [result.record["result"]["iterations"]]
     row = [r for r in runs["n16_snr10_lowr"]["rows"] if r["iteration"] == stop[0]][0]
     assert row["pixel_error"] == float(np.median(pixel_error(data["truth"], result.primal)))
+    # the reference's test (a cost every iteration), replayed on the same costs
+    reference = galdecon.deconvolve(data["noisy"][10.0], data["psfs"], mode="lowr",
+                                    cost_window=1)
+    stop = runs["n16_snr10_lowr"]["stops_window1"]["0.0001"]
+    assert stop == [reference.record["result"]["iterations"]]
     assert (tmp_path / "quality_vs_iterations.png").is_file()
+
+
+def test_lowrank_step_benchmark_smoke(tmp_path):
+    stdout = run_script("lowrank_step.py", "--sizes", 30, "--iters", 10, "--kinds", "soft",
+                        cwd=tmp_path)
+    rows = [line.split("|") for line in stdout.splitlines() if line.startswith("| 30 ")]
+    assert [(r[2].strip(), r[3].strip()) for r in rows] == [("soft", "10"), ("soft", "1")]
+    # the nuclear norm is paid on every iteration with window 1, on one in ten with 10
+    nuclear = [float(r[7]) for r in rows]
+    assert nuclear[1] > 0 and nuclear[0] < nuclear[1]
 
 
 def test_iteration_benchmark_smoke(tmp_path):

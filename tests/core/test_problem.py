@@ -56,6 +56,17 @@ def test_settings_defaults_follow_algorithm_section_0():
     assert s.n_bands == 3
 
 
+def test_cost_window_default_follows_the_mode():
+    # low rank takes a cost every 10th iteration (docs/science.md), sparse every one
+    assert Settings(mode="lowr").cost_window == 10
+    assert Settings(mode="lowr", cost_window=1).cost_window == 1  # the reference's
+    assert Settings(mode="lowr", n_iter=6).cost_window == 6  # never longer than the run
+    assert Settings().replace(mode="lowr").cost_window == 10
+    assert Settings(mode="lowr").replace(mode="sparse").cost_window == 1
+    assert Settings(mode="lowr", n_iter=6).replace(n_iter=300).cost_window == 10
+    assert Settings(cost_window=3).replace(mode="lowr").cost_window == 3  # chosen: kept
+
+
 @pytest.mark.parametrize(("changes", "option"), [
     ({"mode": "grad"}, "mode"),
     ({"wavelet": "haar"}, "wavelet"),

@@ -102,7 +102,7 @@ def sparse_run(example_images, example_psfs):
 @pytest.fixture(scope="module")
 def lowr_run(example_images, example_psfs):
     settings = Settings(mode="lowr", wavelet="linear", n_iter=150, tolerance=0.0,
-                        lowr_thresh_type="hard")  # the reference's, for §9
+                        lowr_thresh_type="hard", cost_window=1)  # the reference's, for §9
     return run(example_images, example_psfs, settings)
 
 

@@ -70,7 +70,8 @@ def reference_run(images, psfs, lam, tau, sigma, rho, kind, n_iter, tolerance):
 
 
 def galdecon_run(images, psfs, kind, **engine_options):
-    settings = Settings(mode="lowr", lowr_thresh_type=kind)  # defaults: ε = 1e-4, 300 its
+    # the reference's test: a cost every iteration (cost window 1), ε = 1e-4, 300 its
+    settings = Settings(mode="lowr", lowr_thresh_type=kind, cost_window=1)
     with LocalEngine(**engine_options) as engine:
         engine.scatter({"images": images, "psfs": psfs, "primal": None}, len(images))
         driver = Driver(engine, settings, len(images), images.shape[1:])

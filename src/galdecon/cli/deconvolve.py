@@ -32,7 +32,7 @@ from galdecon.cli.options import (
 )
 from galdecon.core.operators.convolution import BOUNDARIES
 from galdecon.core.operators.wavelet import WAVELETS
-from galdecon.core.problem import DTYPES, MODES, Settings
+from galdecon.core.problem import COST_WINDOWS, DTYPES, MODES, Settings
 from galdecon.data import io
 from galdecon.errors import ConfigError
 from galdecon.run import preflight
@@ -105,9 +105,10 @@ def _add_optimisation_options(p) -> None:
                      help="regularisation: sparse wavelet or low rank")
     opt.add_argument(*aliases("--n-iter"), type=positive_int, default=DEFAULTS.n_iter,
                      help="maximum iterations per run and per reweighting")
-    opt.add_argument(*aliases("--cost-window"), type=positive_int,
-                     default=DEFAULTS.cost_window,
-                     help="compute the cost every this many iterations")
+    opt.add_argument(*aliases("--cost-window"), type=positive_int, default=None,
+                     help="compute the cost every this many iterations (default: "
+                          f"{COST_WINDOWS['sparse']} sparse, {COST_WINDOWS['lowr']} low rank; "
+                          "1 is sf_deconvolve's)")
     opt.add_argument(*aliases("--convergence"), type=float, default=DEFAULTS.tolerance,
                      metavar="TOL", help="relative cost tolerance of the convergence test")
     opt.add_argument(*aliases("--no-pos"), action="store_true",
