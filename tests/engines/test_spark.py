@@ -245,11 +245,23 @@ def test_low_rank_equals_local(spark_session, example, partitions, kind):
     # tiles' TSQR factors, the driver merges the partitions'.
     images, psfs = example
     settings = Settings(mode="lowr", n_iter=12, tolerance=0.0, lowr_thresh_type=kind,
-                        lowr_thresh_factor=1.0)  # the reference's λ, for §9's number
+                        lowr_thresh_factor=1.0,  # the reference's λ, for §9's number
+                        cost_window=1)  # and a cost every iteration, the first among them
     engine = spark_engine(spark_session, partitions=partitions)
     spark_run = deconvolve(engine, images, psfs, settings)
     assert_same_run(spark_run, deconvolve(matching_local(engine), images, psfs, settings))
     assert spark_run[2].costs[0] == pytest.approx(3.3515e3, rel=1e-4)  # ALGORITHM.md §9
+
+
+def test_low_rank_default_cost_window_equals_local(spark_session, example):
+    # the default window: the fused map returns the nuclear norm's factor only on the
+    # iterations whose cost the test reads (every 10th)
+    images, psfs = example
+    settings = Settings(mode="lowr", n_iter=20, tolerance=0.0)
+    engine = spark_engine(spark_session, partitions=3)
+    spark_run = deconvolve(engine, images, psfs, settings)
+    assert_same_run(spark_run, deconvolve(matching_local(engine), images, psfs, settings))
+    assert spark_run[2].cost_iterations == [10, 20]
 
 
 # -- state management, lineage, failures ---------------------------------------------------
