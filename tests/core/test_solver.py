@@ -12,6 +12,7 @@ from galdecon.core.solver import (
     Block,
     ConvergenceTest,
     OperatorCache,
+    galaxy_snr,
     lowr_step,
     reweight,
     sparse_iterate,
@@ -280,6 +281,34 @@ def test_reweighting_one_and_two_rounds_by_hand(small_stack):
     _, costs = sparse_iterate(twice, problem, 1)
     stepped, _ = sparse_iterate(twice, problem, 1)
     assert costs[0] == pytest.approx(cost_ref(stepped, problem), rel=1e-12)
+
+
+def test_galaxy_snr_is_std_of_the_model_over_sigma(small_stack):
+    images, psfs = small_stack
+    settings = Settings(wavelet="linear")
+    block, problem = make_block(images, psfs, settings, noise_sigma=2e-4)
+    block, _ = sparse_iterate(block, problem, 8)
+    model = np.array([conv_ref(x, h, "periodic") for x, h in zip(block.primal, psfs, strict=True)])
+    expected = model.reshape(4, -1).std(axis=1) / 2e-4
+    np.testing.assert_allclose(galaxy_snr(block, problem), expected, rtol=1e-10)
+
+
+def test_faint_galaxies_keep_their_weights_at_a_reweighting(small_stack):
+    images, psfs = small_stack
+    block, problem = make_block(images, psfs, Settings(reweight_min_snr=0.0))
+    block, _ = sparse_iterate(block, problem, 8)
+    snr = galaxy_snr(block, problem)
+    gate = float(np.sort(snr)[1:3].mean())  # two galaxies below, two above
+    every = reweight(block, problem)  # 0: every galaxy, as the reference
+    gated_problem = make_block(images, psfs, Settings(reweight_min_snr=gate))[1]
+    gated = reweight(block, gated_problem)
+    faint = snr < gate
+    assert faint.sum() == 2
+    w0 = block.weights0[:, :, None, None]
+    kept = np.broadcast_to(w0, gated.weights.shape)[faint]
+    np.testing.assert_array_equal(gated.weights[faint], kept)
+    np.testing.assert_array_equal(gated.weights[~faint], every.weights[~faint])
+    assert np.all(every.weights[faint] <= w0[faint]) and np.any(every.weights[faint] < w0[faint])
 
 
 # --------------------------------------------------------------------------------------

@@ -146,6 +146,11 @@ def _add_mode_options(p) -> None:
                         help="threshold factor per detail scale (n-scales - 1 values)")
     sparse.add_argument(*aliases("--n-reweights"), type=int, default=DEFAULTS.n_reweights,
                         help="number of reweighting rounds")
+    sparse.add_argument(*aliases("--reweight-min-snr"), type=float,
+                        default=DEFAULTS.reweight_min_snr, metavar="SNR",
+                        help="galaxies whose estimated SNR, std(H x)/sigma, is below this keep "
+                             "their weights at a reweighting (default %(default)s; 0 "
+                             "reweights every galaxy, as sf_deconvolve)")
 
     lowr = p.add_argument_group("low-rank mode")
     lowr.add_argument(*aliases("--lowr-thresh-factor"), type=float, default=None,
@@ -240,7 +245,8 @@ def settings_from_args(args) -> Settings:
         mode=args.mode, wavelet=args.wavelet, n_scales=args.n_scales,
         wave_thresh_factor=tuple(args.wave_thresh_factor), boundary=args.boundary,
         n_iter=args.n_iter, tolerance=args.convergence, cost_window=args.cost_window,
-        n_reweights=args.n_reweights, relax=args.relax, condat_tau=args.condat_tau,
+        n_reweights=args.n_reweights, reweight_min_snr=args.reweight_min_snr,
+        relax=args.relax, condat_tau=args.condat_tau,
         condat_sigma=args.condat_sigma, positivity=not args.no_pos,
         lowr_thresh_factor=args.lowr_thresh_factor, lowr_thresh_type=args.lowr_thresh_type,
         lowr_type=args.lowr_type, noise_est=args.noise_est, dtype=args.dtype)

@@ -66,6 +66,7 @@ class Settings:
     tolerance: float = 1e-4
     cost_window: int | None = None  # COST_WINDOWS[mode]
     n_reweights: int = 1
+    reweight_min_snr: float = 1.5
     relax: float = 0.8
     condat_tau: float | str = 0.5
     condat_sigma: float | str = 0.5
@@ -131,6 +132,8 @@ class Settings:
         object.__setattr__(self, "wave_thresh_factor", factors)
         real("tolerance", lambda v: v >= 0, "a finite number >= 0")
         real("relax", lambda v: 0 < v < 2, "a number in (0, 2)")
+        real("reweight_min_snr", lambda v: v >= 0, "a finite number >= 0 (0: reweight every "
+             "galaxy)")
         real("condat_tau", lambda v: v > 0, "a positive number or 'auto'", allow=("auto",))
         real("condat_sigma", lambda v: v > 0, "a positive number or 'auto'", allow=("auto",))
         if self.lowr_thresh_factor is None:

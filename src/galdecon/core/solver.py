@@ -33,7 +33,7 @@ from galdecon.core.fidelity import FourierFidelity, PixelFidelity, WeightedFidel
 from galdecon.core.operators.convolution import Convolution
 from galdecon.core.operators.prox import apply_svt
 from galdecon.core.operators.wavelet import shared_wavelet
-from galdecon.core.problem import Problem
+from galdecon.core.problem import Problem, sparse_weights
 from galdecon.core.scratch import scratch
 
 
@@ -320,15 +320,45 @@ def lowr_step(block: Block, problem: Problem, factors=None, begin: bool = True,
 
 
 def reweight(block: Block, problem: Problem) -> Block:
-    r"""Candès–Wakin–Boyd reweighting: W ← W ⊙ 1/(1 + |Φ(X)|/W⁰) (cumulative)."""
+    r"""Candès–Wakin–Boyd reweighting: W ← W ⊙ 1/(1 + |Φ(X)|/W⁰) (cumulative).
+
+    Galaxies whose estimated SNR (:func:`galaxy_snr`) is below the settings'
+    ``reweight_min_snr`` keep their weights: at SNR ≈ 1 the coefficients the first round
+    kept are as much noise as galaxy, and lowering their thresholds fits the noise
+    (docs/science.md: 0.0610 → 0.0546 median pixel error at SNR 1, n = 1,000; unchanged
+    at SNR 3 and 10). ``reweight_min_snr = 0`` reweights every galaxy, as the reference.
+    """
     coeffs = np.abs(operators(block, problem)["wavelet"].op(block.primal)).astype(np.float64)
     w0 = block.weights0[:, :, None, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         factor = np.where(w0 > 0, 1.0 / (1.0 + coeffs / w0), 1.0)
+    gate = problem.settings.reweight_min_snr
+    if gate > 0:
+        faint = galaxy_snr(block, problem) < gate
+        factor[faint] = 1.0
     current = block.weights
     if current.ndim == 2:
         current = current[:, :, None, None]
     return block.evolve(weights=current * factor)
+
+
+def galaxy_snr(block: Block, problem: Problem) -> np.ndarray:
+    r"""Each galaxy's estimated SNR, :math:`\mathrm{std}(H x_i)/σ_i`, from its estimate.
+
+    The simulation's convention (``galdecon simulate``).
+    :math:`σ_i` is read back from the initial weights, :math:`W⁰_{ij} = σ_i k_j
+    ‖φ_j ⊛ \mathrm{rot}(h_i)‖`, so that it is whichever σ the run's thresholds use (the
+    stack's, per image, or from the pixel weights). Infinite where no scale has a
+    threshold (then the reweighting changes nothing anyway).
+    """
+    unit = sparse_weights(block.psfs, problem.shape, problem.settings, 1.0)
+    scale = int(np.argmax(unit.max(axis=0)))  # a scale with k_j > 0, if any
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = block.weights0[:, scale] / unit[:, scale]
+    model = operators(block, problem)["conv"].op(block.primal)
+    spread = model.reshape(block.size, -1).std(axis=1, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(sigma > 0, spread / sigma, np.inf)
 
 
 class ConvergenceTest:
