@@ -56,8 +56,9 @@ def _add(name: str, seconds: float) -> None:
         TIMES[name] = TIMES.get(name, 0.0) + seconds
 
 
-def _timed(owner, attribute: str, name: str, when=None) -> None:
-    """Wrap ``owner.attribute`` so that its calls add to ``TIMES[name]``."""
+def _timed(owner, attribute: str, name: str, when=None, record=None) -> None:
+    """Wrap ``owner.attribute`` so that its calls add to ``TIMES[name]`` (and, with
+    ``record``, hand it each call's result)."""
     original = getattr(owner, attribute)
 
     @functools.wraps(original)
@@ -66,9 +67,12 @@ def _timed(owner, attribute: str, name: str, when=None) -> None:
             return original(*args, **kwargs)
         t0 = time.perf_counter()
         try:
-            return original(*args, **kwargs)
+            out = original(*args, **kwargs)
         finally:
             _add(name, time.perf_counter() - t0)
+        if record is not None:
+            record(out)
+        return out
 
     setattr(owner, attribute, wrapper)
 

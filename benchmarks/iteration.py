@@ -108,6 +108,12 @@ def _driver(images, psfs, settings, threads, block_size, progress=None):
     return engine, Driver(engine, settings, len(images), SHAPE, progress=progress)
 
 
+def window_means(seconds, window: int) -> np.ndarray:
+    """Mean seconds per iteration over each whole window of ``window`` iterations."""
+    seconds = np.asarray(seconds)
+    return seconds[: len(seconds) // window * window].reshape(-1, window).mean(axis=1)
+
+
 def time_iterations(images, psfs, mode, dtype, iters, threads=None, block_size=None):
     """Time the iterations of one run.
 
@@ -131,8 +137,7 @@ def time_iterations(images, psfs, mode, dtype, iters, threads=None, block_size=N
     driver.setup()
     history = driver.run()
     engine.close()
-    per_step = np.asarray(history.iteration_seconds[::step][1:])  # a value per engine step
-    per_step = per_step[: len(per_step) // window * window].reshape(-1, window).mean(axis=1)
+    per_step = window_means(history.iteration_seconds[::step][1:], window)  # per engine step
     cpu = [(t1 - t0) / (d1 - d0) for (d0, t0), (d1, t1)
            in zip(marks[1:], marks[2:], strict=False)]
     return float(np.median(per_step)), per_step, float(np.median(cpu)) if cpu else np.nan

@@ -28,9 +28,7 @@ blobs, SNR 10–50), 41×41 stamps.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
-import threading
 import time
 
 import numpy as np
@@ -39,29 +37,12 @@ from scipy.linalg import blas
 
 import galdecon.core.tsqr as tsqr
 import galdecon.run.driver as driver_module
+from converged import TIMES, _timed
 from galdecon.core.problem import COST_WINDOWS, Settings
 from galdecon.engines.local import default_threads
-from iteration import _driver, make_stack
+from iteration import _driver, make_stack, window_means
 
-TIMES: dict[str, float] = {}
 KEPT: list[int] = []
-_lock = threading.Lock()
-
-
-def _timed(owner, attribute: str, name: str, record=None) -> None:
-    original = getattr(owner, attribute)
-
-    @functools.wraps(original)
-    def wrapper(*args, **kwargs):
-        t0 = time.perf_counter()
-        out = original(*args, **kwargs)
-        with _lock:
-            TIMES[name] = TIMES.get(name, 0.0) + time.perf_counter() - t0
-            if record is not None:
-                record(out)
-        return out
-
-    setattr(owner, attribute, wrapper)
 
 
 def instrument() -> None:
@@ -79,16 +60,12 @@ def run(images, psfs, kind: str, window: int, iters: int) -> dict:
     driver.setup()
     TIMES.clear()
     KEPT.clear()
-    t0 = time.perf_counter()
     history = driver.run()
-    wall = time.perf_counter() - t0
     engine.close()
-    seconds = np.asarray(history.iteration_seconds[1:])
-    windows = seconds[: len(seconds) // window * window].reshape(-1, window).mean(axis=1)
-    return {"s_it": float(np.median(windows)), "wall": wall,
+    windows = window_means(history.iteration_seconds[1:], window)
+    return {"s_it": float(np.median(windows)),
             "pieces": {k: v / (iters + 1) for k, v in TIMES.items()},  # warm-up included
-            "kept": int(np.median(KEPT)) if KEPT else 0,
-            "threshold": driver.problem.lowr_lambda}
+            "kept": int(np.median(KEPT)) if KEPT else 0}
 
 
 def gram_alternative(images, kept: int, threads: int) -> float:
