@@ -51,6 +51,20 @@ def test_spark_options_on_the_local_engine_are_said_to_be_ignored(tmp_path, caps
     assert main(["deconvolve", *INPUTS, "-o", str(tmp_path / "q"), "--n-iter", "2", "-q",
                  "--convergence", "0", "--master", "local[2]"]) == 0
     assert notices(capsys.readouterr().err) == []  # -q: quiet
+    assert main(["deconvolve", *INPUTS, "-o", str(tmp_path / "s"), "--n-iter", "2",
+                 "--convergence", "0", "--spark-storage", "disk"]) == 0
+    assert notices(capsys.readouterr().err) == [
+        "galdecon: notice: --spark-storage applies to --engine spark; ignored (this run uses "
+        "the local engine)"]
+
+
+def test_spark_storage_is_the_one_asked_for_and_recorded(tmp_path, spark_session):
+    for storage in ("auto", "disk"):
+        out = tmp_path / storage
+        assert main(["deconvolve", *INPUTS, "-o", str(out), "--n-iter", "2", "-q",
+                     "--convergence", "0", "--engine", "spark", "--spark-storage", storage]) == 0
+        record = json.loads((tmp_path / f"{storage}_run.json").read_text())
+        assert record["engine"]["storage"] == ("memory" if storage == "auto" else "disk")
 
 
 def test_partitions_beyond_the_galaxies_are_capped_on_spark(tmp_path, capsys, spark_session):

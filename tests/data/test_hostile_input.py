@@ -34,7 +34,6 @@ import galdecon
 from galdecon.cli.app import build_parser, main
 from galdecon.data import files as input_files
 from galdecon.data import io, memory
-from galdecon.engines.spark import engine as spark_engine
 from galdecon.errors import ConfigError, GalDeconError, GalDeconWarning, InputError, OutputError
 from galdecon.run import preflight
 from galdecon.run.api import prepare_inputs
@@ -838,7 +837,11 @@ def test_estimate_counts_the_arrays_of_a_run():
     assert f32["parts"]["state"] == est["parts"]["state"] // 2 and f32["parts"]["psfs"] == 100
     spark = preflight.estimate_bytes(10**6, (41, 41), (41, 41), False, "sparse", 3, "float64",
                                   engine="spark", threads=2)
-    assert spark["disk"] > 0 and spark["parts"]["spark_jvm_cache"] == spark_engine.DRIVER_JVM_BYTES
+    # far beyond the default heap: every tile on the local disks, none in the JVM
+    assert spark["disk"] > 10**6 * 41 * 41 * 8 * 6 and spark["parts"]["spark_jvm_cache"] == 0
+    small = preflight.estimate_bytes(1000, (41, 41), (41, 41), False, "sparse", 3, "float64",
+                                     engine="spark", threads=2)
+    assert small["disk"] == 0 and small["parts"]["spark_jvm_cache"] > 1000 * 41 * 41 * 8 * 6
     assert spark["description"].endswith("(sparse, float64, Spark)")
 
 

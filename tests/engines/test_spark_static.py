@@ -129,3 +129,48 @@ def test_replaced_static_field_travels_with_the_state(spark_session, stack):
     np.testing.assert_array_equal(engine.gather("psfs"), psfs)
     assert "images" in engine._state.rdd.first() and "psfs" not in engine._state.rdd.first()
     engine.close()
+
+
+def test_storage_choice_keeps_the_heap_while_two_generations_fit():
+    from galdecon.engines.spark.tiles import STATE_ARRAYS_PER_GALAXY, choose_storage
+
+    per_galaxy = 2 * 1681 * 8 * STATE_ARRAYS_PER_GALAXY  # two generations, float64
+    assert choose_storage("auto", 10_000, 1681, 10_000 * per_galaxy) == "memory"
+    assert choose_storage("auto", 10_001, 1681, 10_000 * per_galaxy) == "disk"
+    assert choose_storage("memory", 10**6, 1681, 1) == "memory"
+    assert choose_storage("disk", 1, 1681, 2**40) == "disk"
+
+
+@pytest.mark.parametrize("storage", ["memory", "disk"])
+def test_tiles_on_disk_give_the_same_run_as_in_the_heap(spark_session, stack, local_run,
+                                                        tmp_path, storage):
+    spark_or_skip()
+    from galdecon.engines.spark.engine import SparkEngine
+    from galdecon.errors import EngineError
+
+    images, psfs = stack
+    engine = SparkEngine(spark=spark_session, partitions=2, block_size=10, storage=storage)
+    engine.scatter({"images": images, "psfs": psfs, "primal": None}, N)
+    driver = Driver(engine, SETTINGS, N, images.shape[1:], sync_every=4)
+    driver.setup()
+    driver.run()
+    level = engine._state.rdd.getStorageLevel()
+    assert (level.useMemory, level.useDisk) == ((True, True) if storage == "memory"
+                                                else (False, True))
+    static_level = engine._static.getStorageLevel()
+    assert static_level.useMemory == (storage == "memory")
+    assert engine.facts()["storage"] == storage
+    # bit for bit the local engine's run with the same steps
+    np.testing.assert_array_equal(engine.gather("primal"), local_run[0])
+    np.testing.assert_array_equal(engine.gather("dual"), local_run[1])
+    engine.close()
+    with pytest.raises(EngineError, match="option storage='ram'"):
+        SparkEngine(spark=spark_session, storage="ram")
+
+
+def test_auto_storage_of_a_store_run_fits_the_heap_for_a_small_stack(spark_session, stack,
+                                                                     tmp_path):
+    spark_or_skip()
+    engine, _ = store_engine(spark_session, stack, tmp_path)
+    assert engine.storage == "auto" and engine.facts()["storage"] == "memory"
+    engine.close()

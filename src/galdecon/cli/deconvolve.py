@@ -207,9 +207,13 @@ def _add_execution_options(p) -> None:
     eng.add_argument("--partitions", "--pn", type=positive_int, default=None,
                      help="Spark partitions (blocks); default: Spark's default parallelism, "
                           "or more so that each holds at most 256 MiB of state")
+    eng.add_argument("--spark-storage", choices=("auto", "memory", "disk"), default="auto",
+                     help="where Spark keeps the blocks: the JVM heap, the local directories, "
+                          "or auto (default): disk when two generations of the state would "
+                          "not fit in the executors' storage memory")
     eng.add_argument(*aliases("--sync-every"), type=positive_int, default=None, metavar="K",
                      help="iterations per synchronisation (default 4 x cost-window locally, "
-                          "16 x cost-window on Spark); results do not depend on it")
+                          "16 x cost-window on Spark); results agree to rounding whatever K")
     eng.add_argument("--threads", type=positive_int, default=None,
                      help="threads of the local engine (default: available cores)")
     eng.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -400,7 +404,7 @@ def engine_options(args) -> dict:
     """The engine's options from the command line."""
     if args.engine == "spark":
         return {"master": args.master, "partitions": args.partitions,
-                "verbose": args.verbose > 0}
+                "verbose": args.verbose > 0, "storage": args.spark_storage}
     return {"threads": args.threads} if args.threads else {}
 
 

@@ -21,10 +21,13 @@ def engine_options(args, images) -> None:
     """
     if args.engine != "spark":
         ignored = [name for name, value in (("--master", args.master),
-                                            ("--partitions", args.partitions)) if value]
+                                            ("--partitions", args.partitions),
+                                            ("--spark-storage",
+                                             args.spark_storage != "auto")) if value]
         if ignored:
-            say(f"{' and '.join(ignored)} apply to --engine spark; ignored (this run uses "
-                "the local engine)")
+            verb = "applies" if len(ignored) == 1 else "apply"
+            say(f"{', '.join(ignored[:-1])}{' and ' if ignored[1:] else ''}{ignored[-1]} {verb} "
+                "to --engine spark; ignored (this run uses the local engine)")
         return
     if args.threads:
         say("--threads applies to the local engine; ignored on Spark (its cores are set "

@@ -96,7 +96,8 @@ def deconvolve(images, psfs, *, initial_primal=None, truth=None, weights=None,
     engine : {'local', 'spark'}
         Where the blocks run.
     sync_every : int, optional
-        Iterations per synchronisation (sparse mode); results do not depend on it.
+        Iterations per synchronisation (sparse mode); results agree to rounding whatever
+        it is.
     kernel : float, optional
         σ of a Gaussian window applied before computing metrics.
     progress : callable, optional

@@ -45,7 +45,12 @@ from galdecon.engines.spark.cluster import active_session, start_session
 from galdecon.engines.spark.tiles import (  # noqa: F401 - footprint: run.preflight's
     DEFAULT_BLOCK_SIZE,
     DRIVER_JVM_BYTES,
+    STATE_ARRAYS_PER_GALAXY,
+    STORAGE_CHOICES,
+    choose_storage,
     footprint,
+    storage_memory,
+    tile_layout,
     tile_rdd,
     zip_tiles,
 )
@@ -66,10 +71,8 @@ from galdecon.errors import EngineError
 
 log = logging.getLogger("galdecon")
 
-# Default partitions hold at most this much state (images, PSFs, primal, a 3-band dual,
-# full weights: about 8 stamp-sized float64 arrays a galaxy).
+# Default partitions hold at most this much state (STATE_ARRAYS_PER_GALAXY a galaxy).
 PARTITION_BYTES = 256 * 2**20
-STATE_ARRAYS_PER_GALAXY = 8
 # Every core, and a failed task (a Python worker that died) retried up to 3 times, as the
 # standalone scheduler does by default (spark.task.maxFailures = 4).
 DEFAULT_MASTER = "local[*,4]"
@@ -128,6 +131,10 @@ class SparkEngine(Engine):
         the cached blocks live in the driver JVM).
     conf : dict, optional
         Extra Spark configuration for a session created here.
+    storage : {"auto", "memory", "disk"}, optional
+        Where the tiles are persisted: ``memory`` (the JVM heap, ``MEMORY_AND_DISK``),
+        ``disk`` (the local directories, ``DISK_ONLY``), or ``auto`` (default): disk when
+        two generations of the state would not fit in the executors' storage memory.
 
     Raises
     ------
@@ -146,7 +153,11 @@ class SparkEngine(Engine):
                  app_name: str = "galdecon", verbose: bool = False, lineage_every: int = 20,
                  local_dir: str | None = None, block_size: int | None = DEFAULT_BLOCK_SIZE,
                  ui: bool = False, driver_memory: str = DEFAULT_DRIVER_MEMORY,
-                 conf: dict | None = None):
+                 conf: dict | None = None, storage: str = "auto"):
+        if storage not in STORAGE_CHOICES:
+            raise EngineError(f"option storage={storage!r}: expected one of "
+                              f"{', '.join(STORAGE_CHOICES)}")
+        self.storage, self.storage_used = storage, None
         master = master or DEFAULT_MASTER
         self.partitions = int(partitions) if partitions else None
         self.lineage_every = int(lineage_every or 0)
@@ -179,16 +190,16 @@ class SparkEngine(Engine):
         self._pinned: dict[int, list] = {}  # id(state) -> [state, snapshot count]
         self._bounds: list[tuple[int, int]] = []
         self._tile_sizes: list[list[int]] = []
-        self._generation = 0
-        self._scatter_id = ""
-        self._stamp_pixels = 0
+        self._generation, self._scatter_id, self._stamp_pixels = 0, "", 0
         from pyspark import StorageLevel
 
         # Disk as well as memory: under memory pressure a block spills instead of being
         # dropped, since recomputing it would replay maps back to the last checkpoint.
         # "Deserialized" keeps PySpark's pickled batches as JVM byte arrays, sparing a Java
         # serialisation copy on every store and read (they are pickles either way).
-        self._level = StorageLevel.MEMORY_AND_DISK_DESER
+        self._levels = {"memory": StorageLevel.MEMORY_AND_DISK_DESER,
+                        "disk": StorageLevel.DISK_ONLY}  # see tiles.choose_storage
+        self._level = self._levels["memory"]
         self._results = self._sc.accumulator({}, ResultsParam())
 
     # -- state bookkeeping ----------------------------------------------------------------
@@ -227,6 +238,7 @@ class SparkEngine(Engine):
         """Cut the stacks into contiguous slices, one per partition, and persist them."""
         images = arrays["images"]
         self._stamp_pixels = int(np.prod(images.shape[1:]))
+        self._choose_storage(n_images)
         n_parts = self._default_partitions(n_images)
         states, statics = [], []
         for lo, hi in self._layout(block_bounds(n_images, n_parts)):
@@ -247,6 +259,13 @@ class SparkEngine(Engine):
         """``rdd`` (mapped by ``fn``) as persisted tiles (not yet computed)."""
         return tile_rdd(rdd, fn).persist(self._level)
 
+    def _choose_storage(self, n_images: int) -> None:
+        """Persist the tiles where :func:`~galdecon.engines.spark.tiles.choose_storage` says."""
+        self.storage_used = choose_storage(self.storage, n_images, self._stamp_pixels,
+                                           storage_memory(self._sc))
+        self._level = self._levels[self.storage_used]
+        log.info("Spark: tiles kept in %s", self.storage_used)
+
     def _default_partitions(self, n_images: int) -> int:
         """The partitions asked for, or Spark's default parallelism, or more.
 
@@ -260,19 +279,9 @@ class SparkEngine(Engine):
         return max(self._sc.defaultParallelism, -(-state // PARTITION_BYTES))
 
     def _layout(self, bounds) -> list[tuple[int, int]]:
-        """Set the partitions' galaxy ranges and return the tiles' bounds, in order.
-
-        Every partition gets the same number of tiles, so that parallelize (which slices
-        a list evenly) puts exactly the tiles of slice p into partition p.
-        """
+        """Set the partitions' galaxy ranges and return the tiles' bounds, in order."""
         self._bounds = list(bounds)
-        sizes = [stop - start for start, stop in self._bounds]
-        per_part = min(min(sizes), -(-max(sizes) // (self.block_size or max(sizes))))
-        tiles, self._tile_sizes = [], []
-        for start, stop in self._bounds:
-            part = [(start + a, start + b) for a, b in block_bounds(stop - start, per_part)]
-            tiles.extend(part)
-            self._tile_sizes.append([hi - lo for lo, hi in part])
+        tiles, self._tile_sizes = tile_layout(self._bounds, self.block_size)
         return tiles
 
     def scatter_source(self, source, n_images: int) -> None:
@@ -283,6 +292,7 @@ class SparkEngine(Engine):
         are not lineage-cut: a lost partition is read again from the store.
         """
         self._stamp_pixels = int(np.prod(source.shape))
+        self._choose_storage(n_images)
         n_parts = self._default_partitions(n_images)
         if n_parts > source.n_chunks:
             log.info("Spark: %d partitions for %d chunks of the images: one per chunk",
@@ -463,7 +473,7 @@ class SparkEngine(Engine):
                 "partitions": self.n_partitions, "tiles": sum(map(len, self._tile_sizes)),
                 "spark_version": self._sc.version,
                 "default_parallelism": self._sc.defaultParallelism,
-                "lineage_every": self.lineage_every}
+                "lineage_every": self.lineage_every, "storage": self.storage_used}
 
     def close(self) -> None:
         """Unpersist the blocks; stop the session if this engine started it."""
