@@ -21,10 +21,6 @@ and reports:
     engine's threads), measured just before the case, and ``s/iter`` over it; ``CPU ÷
     floor`` is ``CPU s/iter`` over the floor's CPU time (floor × threads), the ratio a
     busy machine distorts least (time the process waits for a core is not counted).
-``all-cores floor s`` / ``÷ all-cores``
-    Sparse only: the same products timed with every engine thread running them at once
-    (:func:`galdecon.bench.floor.measure_all_cores`): what the cores can do together when
-    they share the last-level cache and the memory bus, and ``s/iter`` over it.
 ``state MiB`` / ``peak MiB``
     ``tracemalloc`` current size after set-up (what the blocks hold) and peak during a
     separate short run (set-up + warm-up + a few iterations), both relative to the moment
@@ -57,7 +53,7 @@ import tracemalloc
 
 import numpy as np
 
-from galdecon.bench.floor import floor_estimate, measure, measure_all_cores
+from galdecon.bench.floor import floor_estimate, measure
 from galdecon.core.operators import Convolution
 from galdecon.core.problem import Settings
 from galdecon.engines import LocalEngine
@@ -192,23 +188,20 @@ def main(argv=None):
           f"block_size={args.block_size or 'default'}, {args.iters} timed iterations, "
           f"load average {os.getloadavg()[0]:.2f} at start\n")
     print("| mode | dtype | n | s/iter (median) | min | max | µs/galaxy | vs first "
-          "| CPU s/iter | floor s | ÷ floor | CPU ÷ floor | all-cores floor s | ÷ all-cores "
-          "| state MiB | peak MiB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| CPU s/iter | floor s | ÷ floor | CPU ÷ floor | state MiB | peak MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode in args.modes:
         for dtype in args.dtypes:
             first = None
             for n in sorted(args.sizes):
                 if mode == "lowr" and args.max_lowr_n is not None and n > args.max_lowr_n:
-                    print(f"| {mode} | {dtype} | {n} | skipped |" + " |" * 12, flush=True)
+                    print(f"| {mode} | {dtype} | {n} | skipped |" + " |" * 10, flush=True)
                     continue
                 images, psfs = make_stack(n, args.seed)
                 gc.collect()
                 threads = args.threads or default_threads()
-                floor = together = float("nan")
-                if mode == "sparse":
-                    floor = floor_estimate(n, threads, rates=measure(dtype=dtype))["floor_s"]
-                    together = n * measure_all_cores(threads, dtype=dtype) / threads
+                floor = (floor_estimate(n, threads, rates=measure(dtype=dtype))["floor_s"]
+                         if mode == "sparse" else float("nan"))
                 median, samples, cpu = time_iterations(images, psfs, mode, dtype, args.iters,
                                                        args.threads, args.block_size)
                 per_galaxy = median / n
@@ -222,7 +215,6 @@ def main(argv=None):
                       f"| {max(samples):.4g} | {per_galaxy * 1e6:.1f} "
                       f"| {per_galaxy / first:.2f} | {cpu:.4g} | {floor:.4g} "
                       f"| {median / floor:.2f} | {cpu / (floor * threads):.2f} "
-                      f"| {together:.4g} | {median / together:.2f} "
                       f"| {state:.0f} | {peak:.0f} |",
                       flush=True)
                 del images, psfs

@@ -125,33 +125,6 @@ def measure(size: int = 41, n_bands: int = 3, chunk: int = 32, repeat: int = 20,
     return out
 
 
-def measure_all_cores(cores: int, size: int = 41, n_bands: int = 3, chunk: int = 32,
-                      repeat: int = 20, rng=0, dtype=np.float64) -> float:
-    """Seconds per stamp of an iteration's products with ``cores`` threads running at once.
-
-    Each thread repeats the DFT pair and the Φ, Φᵀ products on its own chunk, as the
-    local engine's threads do; the result is the median round's time per stamp of one
-    thread. Above :func:`measure`'s one-thread time by whatever the cores share (the
-    last-level cache, the memory bus, the clock under load).
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    rng = np.random.default_rng(rng)
-    work = [_products(size, n_bands, chunk, np.dtype(dtype), rng) for _ in range(cores)]
-
-    def one(k):
-        dft_pair, wavelet_pair, _ = work[k]
-        t0 = time.perf_counter()
-        for _ in range(repeat):
-            dft_pair()
-            wavelet_pair()
-        return (time.perf_counter() - t0) / repeat / chunk
-
-    with blas_single_thread(), ThreadPoolExecutor(cores) as pool:
-        rounds = [max(pool.map(one, range(cores))) for _ in range(5)]
-    return statistics.median(rounds)
-
-
 def fused_passes(x: np.ndarray, coeffs: np.ndarray, spec: np.ndarray):
     """A callable running one iteration's fused passes on a chunk (random data, in place)."""
     from galdecon.core import kernels
