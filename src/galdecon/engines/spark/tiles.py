@@ -1,5 +1,4 @@
-"""The Spark engine's RDDs of tiles: their record format, their zip, where they are
-persisted and their footprint.
+"""The Spark engine's RDDs of tiles: record format, zip, storage and footprint.
 
 Every RDD of tiles (static data or state) holds one tile per JVM record
 (:func:`~galdecon.engines.spark.worker.tile_serializer`), so that two of them pair record
