@@ -195,7 +195,7 @@ def main(argv=None):
             first = None
             for n in sorted(args.sizes):
                 if mode == "lowr" and args.max_lowr_n is not None and n > args.max_lowr_n:
-                    print(f"| {mode} | {dtype} | {n} | skipped |" + " |" * 10, flush=True)
+                    print(f"| {mode} | {dtype} | {n} | skipped | | | | | | | | | | |", flush=True)
                     continue
                 images, psfs = make_stack(n, args.seed)
                 gc.collect()

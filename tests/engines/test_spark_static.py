@@ -132,13 +132,14 @@ def test_replaced_static_field_travels_with_the_state(spark_session, stack):
 
 
 def test_storage_choice_keeps_the_heap_while_two_generations_fit():
-    from galdecon.engines.spark.tiles import STATE_ARRAYS_PER_GALAXY, choose_storage
+    from galdecon.engines.spark.tiles import STATE_ARRAYS_PER_GALAXY, choose_storage, tiles_bytes
 
     per_galaxy = 2 * 1681 * 8 * STATE_ARRAYS_PER_GALAXY  # two generations, float64
-    assert choose_storage("auto", 10_000, 1681, 10_000 * per_galaxy) == "memory"
-    assert choose_storage("auto", 10_001, 1681, 10_000 * per_galaxy) == "disk"
-    assert choose_storage("memory", 10**6, 1681, 1) == "memory"
-    assert choose_storage("disk", 1, 1681, 2**40) == "disk"
+    assert 2 * tiles_bytes(10_000, 1681) == 10_000 * per_galaxy
+    assert choose_storage("auto", 10_000 * per_galaxy, 10_000 * per_galaxy) == "memory"
+    assert choose_storage("auto", 10_001 * per_galaxy, 10_000 * per_galaxy) == "disk"
+    assert choose_storage("memory", 10**6 * per_galaxy, 1) == "memory"
+    assert choose_storage("disk", per_galaxy, 2**40) == "disk"
 
 
 @pytest.mark.parametrize("storage", ["memory", "disk"])

@@ -65,32 +65,6 @@ def _best(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
-def _products(size: int, n_bands: int, chunk: int, dtype, rng):
-    """The DFT pair and the Φ, Φᵀ products of one chunk, as two callables (own arrays)."""
-    from galdecon.core.operators.convolution import DenseRFFT2
-    from galdecon.core.operators.wavelet import Wavelet
-
-    x = rng.standard_normal((chunk, size, size)).astype(dtype)
-    dft = DenseRFFT2((size, size), dtype)
-    wavelet = Wavelet((size, size), n_bands + 1, "starlet", "periodic", dtype)
-    # Preallocated outputs, as in the solver's loop (allocation is not arithmetic).
-    spec = dft.forward(x)
-    image, coeffs = np.empty_like(x), wavelet.op(x)
-    work = np.empty(spec.shape[:2] + (2 * spec.shape[2],), dtype)
-    spec_work = np.empty_like(spec)
-    wave_work = np.empty(wavelet.work_shape(chunk), dtype)
-
-    def dft_pair():
-        dft.forward(x, spec, work)
-        dft.inverse(spec, image, spec_work)
-
-    def wavelet_pair():
-        wavelet.smooth_into(x, coeffs, wave_work)
-        wavelet.adj_of_differences_into(coeffs[:, 1:], coeffs[:, -1], image, wave_work)
-
-    return dft_pair, wavelet_pair, (x, coeffs, spec)
-
-
 def measure(size: int = 41, n_bands: int = 3, chunk: int = 32, repeat: int = 20,
             rng=0, dtype=np.float64) -> dict:
     """Time the kernels of an iteration on one thread; return rates per second.
@@ -102,14 +76,29 @@ def measure(size: int = 41, n_bands: int = 3, chunk: int = 32, repeat: int = 20,
     """
     import scipy.fft as sfft
 
+    from galdecon.core.operators.convolution import DenseRFFT2
+    from galdecon.core.operators.wavelet import Wavelet
+
     rng = np.random.default_rng(rng)
     dtype = np.dtype(dtype)
+    x = rng.standard_normal((chunk, size, size)).astype(dtype)
     flops = iteration_flops(size, n_bands)
-    dft_pair, wavelet_pair, (x, coeffs, spec) = _products(size, n_bands, chunk, dtype, rng)
+    dft = DenseRFFT2((size, size), dtype)
+    wavelet = Wavelet((size, size), n_bands + 1, "starlet", "periodic", dtype)
+    # Preallocated outputs, as in the solver's loop (allocation is not arithmetic).
+    spec = dft.forward(x)
+    image, coeffs = np.empty_like(x), wavelet.op(x)
+    work = np.empty(spec.shape[:2] + (2 * spec.shape[2],), dtype)
+    spec_work = np.empty_like(spec)
+    wave_work = np.empty(wavelet.work_shape(chunk), dtype)
     out = {"dtype": dtype.name}
     with blas_single_thread():
-        dft_s = _best(dft_pair, repeat) / chunk
-        wavelet_s = _best(wavelet_pair, repeat) / chunk
+        dft_s = _best(lambda: (dft.forward(x, spec, work), dft.inverse(spec, image, spec_work)),
+                      repeat) / chunk
+        wavelet_s = _best(lambda: (wavelet.smooth_into(x, coeffs, wave_work),
+                                   wavelet.adj_of_differences_into(
+                                       coeffs[:, 1:], coeffs[:, -1], image, wave_work)),
+                          repeat) / chunk
         fused_s = _best(fused_passes(x, coeffs, spec), repeat) / chunk
         fft_s = _best(lambda: sfft.irfft2(sfft.rfft2(x), s=(size, size)), repeat) / chunk
     out["fused_s_per_stamp"] = fused_s

@@ -25,9 +25,9 @@ def engine_options(args, images) -> None:
                                             ("--spark-storage",
                                              args.spark_storage != "auto")) if value]
         if ignored:
+            names = " and ".join(filter(None, (", ".join(ignored[:-1]), ignored[-1])))
             verb = "applies" if len(ignored) == 1 else "apply"
-            say(f"{', '.join(ignored[:-1])}{' and ' if ignored[1:] else ''}{ignored[-1]} {verb} "
-                "to --engine spark; ignored (this run uses the local engine)")
+            say(f"{names} {verb} to --engine spark; ignored (this run uses the local engine)")
         return
     if args.threads:
         say("--threads applies to the local engine; ignored on Spark (its cores are set "

@@ -45,13 +45,13 @@ from galdecon.engines.spark.cluster import active_session, start_session
 from galdecon.engines.spark.tiles import (  # noqa: F401 - footprint: run.preflight's
     DEFAULT_BLOCK_SIZE,
     DRIVER_JVM_BYTES,
-    STATE_ARRAYS_PER_GALAXY,
     STORAGE_CHOICES,
     choose_storage,
     footprint,
     storage_memory,
     tile_layout,
     tile_rdd,
+    tiles_bytes,
     zip_tiles,
 )
 from galdecon.engines.spark.worker import (
@@ -71,7 +71,7 @@ from galdecon.errors import EngineError
 
 log = logging.getLogger("galdecon")
 
-# Default partitions hold at most this much state (STATE_ARRAYS_PER_GALAXY a galaxy).
+# Default partitions hold at most this much state (tiles.tiles_bytes).
 PARTITION_BYTES = 256 * 2**20
 # Every core, and a failed task (a Python worker that died) retried up to 3 times, as the
 # standalone scheduler does by default (spark.task.maxFailures = 4).
@@ -199,7 +199,6 @@ class SparkEngine(Engine):
         # serialisation copy on every store and read (they are pickles either way).
         self._levels = {"memory": StorageLevel.MEMORY_AND_DISK_DESER,
                         "disk": StorageLevel.DISK_ONLY}  # see tiles.choose_storage
-        self._level = self._levels["memory"]
         self._results = self._sc.accumulator({}, ResultsParam())
 
     # -- state bookkeeping ----------------------------------------------------------------
@@ -257,13 +256,12 @@ class SparkEngine(Engine):
 
     def _tiles(self, rdd, fn=None):
         """``rdd`` (mapped by ``fn``) as persisted tiles (not yet computed)."""
-        return tile_rdd(rdd, fn).persist(self._level)
+        return tile_rdd(rdd, fn).persist(self._levels[self.storage_used])
 
     def _choose_storage(self, n_images: int) -> None:
         """Persist the tiles where :func:`~galdecon.engines.spark.tiles.choose_storage` says."""
-        self.storage_used = choose_storage(self.storage, n_images, self._stamp_pixels,
-                                           storage_memory(self._sc))
-        self._level = self._levels[self.storage_used]
+        self.storage_used = choose_storage(
+            self.storage, 2 * tiles_bytes(n_images, self._stamp_pixels), storage_memory(self._sc))
         log.info("Spark: tiles kept in %s", self.storage_used)
 
     def _default_partitions(self, n_images: int) -> int:
@@ -275,7 +273,7 @@ class SparkEngine(Engine):
         """
         if self.partitions:
             return self.partitions
-        state = n_images * self._stamp_pixels * 8 * STATE_ARRAYS_PER_GALAXY
+        state = tiles_bytes(n_images, self._stamp_pixels)
         return max(self._sc.defaultParallelism, -(-state // PARTITION_BYTES))
 
     def _layout(self, bounds) -> list[tuple[int, int]]:
@@ -392,7 +390,7 @@ class SparkEngine(Engine):
             partial(map_partition, fn=fn, results=self._results, generation=generation,
                     scatter_id=self._scatter_id, combine=combine, finish=finish),
             preservesPartitioning=True)
-        new = tile_rdd(new).persist(self._level)
+        new = tile_rdd(new).persist(self._levels[self.storage_used])
         depth = state.depth + 1
         if self.lineage_every and depth >= self.lineage_every:
             new.localCheckpoint()  # takes effect when the job below materialises `new`

@@ -69,21 +69,26 @@ def tile_layout(bounds, block_size: int | None) -> tuple[list, list]:
     return tiles, tile_sizes
 
 
-def choose_storage(storage: str, n_images: int, stamp_pixels: int, memory: int) -> str:
+def tiles_bytes(n_images: int, stamp_pixels: int) -> int:
+    """Rough bytes of one generation of a run's tiles (STATE_ARRAYS_PER_GALAXY a galaxy)."""
+    return int(n_images) * int(stamp_pixels) * 8 * STATE_ARRAYS_PER_GALAXY
+
+
+def choose_storage(storage: str, cache_bytes: int, memory: int) -> str:
     """``memory`` (the JVM heap) or ``disk`` (the local directories only) for the tiles.
 
-    ``auto`` picks disk when two generations of the tiles (the current state and a map's
-    new one, with the static data) exceed ``memory``, the block managers' storage memory:
-    beyond it, blocks kept ``MEMORY_AND_DISK`` are evicted and spilled one by one while
-    the heap stays full. ``DISK_ONLY`` writes each generation once (the page cache serves
-    the reads). Measured on this project's 2-core machine (benchmarks/store_scale.py): at
-    n = 100,000, 10.6 s an iteration with a 1.2 GiB JVM against 14.6 s with 7.7 GiB; at
-    n = 10,000, where everything fits, the heap is 1.4x faster.
+    ``auto`` picks disk when what the run caches, ``cache_bytes`` (two generations of the
+    state — the current one and a map's new one — with the static data), exceeds
+    ``memory``, the block managers' storage memory: beyond it, blocks kept
+    ``MEMORY_AND_DISK`` are evicted and spilled one by one while the heap stays full.
+    ``DISK_ONLY`` writes each generation once (the page cache serves the reads). Measured
+    on this project's 2-core machine (benchmarks/store_scale.py): at n = 100,000, 10.6 s an
+    iteration with a 1.2 GiB JVM against 14.6 s with 7.7 GiB; at n = 10,000, where
+    everything fits, the heap is 1.4x faster.
     """
     if storage != "auto":
         return storage
-    cache = 2 * int(n_images) * int(stamp_pixels) * 8 * STATE_ARRAYS_PER_GALAXY
-    return "disk" if cache > memory else "memory"
+    return "disk" if cache_bytes > memory else "memory"
 
 
 def storage_memory(sc) -> int:
@@ -126,7 +131,7 @@ def footprint(n_images: int, parts: dict, threads: int,
     static = parts["images"] + parts["psfs"]
     cache = static + 2 * n * per_galaxy_state
     # With the default heap, what the storage choice keeps in it ("auto": all or nothing).
-    jvm = cache if cache <= DRIVER_STORAGE_BYTES else 0
+    jvm = cache if choose_storage("auto", cache, DRIVER_STORAGE_BYTES) == "memory" else 0
     # Any worker may run any partition's task: each may cache every tile, up to its bounds.
     workers = threads * (2 * tile * per_galaxy_state + min(STATIC_CACHE_BYTES, static)
                          + min(OPERATOR_CACHE_BYTES, parts["operators"])
